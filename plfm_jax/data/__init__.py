@@ -1,0 +1,1 @@
+"""Reading, simulating and feeding PLFM Sentinel-1/2 series."""

@@ -1,0 +1,43 @@
+"""User-facing errors and the command-line wrapper that prints them as one line."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable, NoReturn, Sequence
+
+# Exit status for bad input, as distinct from crashes (1) and usage errors from argparse (2 as well,
+# which is deliberate: both mean "the command line or its inputs are wrong").
+INPUT_ERROR_EXIT = 2
+
+
+class InputError(Exception):
+  """A problem with a user-supplied file or folder: `path: problem`, one line."""
+
+  def __init__(self, path: str | os.PathLike, problem: str):
+    self.path = os.fspath(path)
+    self.problem = problem
+    super().__init__(f"{self.path}: {problem}")
+
+
+def run_cli(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] | None = None) -> NoReturn:
+  """Runs `main(argv)` and exits; an InputError becomes one line on stderr and exit code 2.
+
+  `--debug` anywhere on the command line is removed from argv and lets the traceback through.
+  """
+  argv = list(sys.argv[1:] if argv is None else argv)
+  debug = "--debug" in argv
+  argv = [a for a in argv if a != "--debug"]
+  try:
+    status = main(argv)
+  except InputError as e:
+    if debug:
+      raise
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(INPUT_ERROR_EXIT)
+  except KeyboardInterrupt:
+    if debug:
+      raise
+    print("interrupted", file=sys.stderr)
+    sys.exit(130)
+  sys.exit(status or 0)
