@@ -1,0 +1,97 @@
+"""PLFM configuration: `--config configs/plfm.py[:variant]`.
+
+Variants:
+  paper  (default) the reference: 256 px, reference widths and hyper-parameters, batch 1.
+  demo   tiny widths at 64 px on synthetic data; every stage finishes on 2 CPU cores in minutes.
+
+Every field is documented where it is set. Override any of them on the command line, e.g.
+`--config.data.tfds_dir=/data/tfds --config.model.dtype=bfloat16`.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+VARIANTS = ("paper", "demo")
+
+
+def data_config() -> ml_collections.ConfigDict:
+  """Where the data comes from and how it is turned into batches."""
+  return ml_collections.ConfigDict(dict(
+      # TFDS data_dir holding (or receiving) the built `plfm_series` dataset.
+      tfds_dir="",
+      # Raw dataset root in the authors' layout; `plfm_series` is built from it when not built yet.
+      manual_dir="",
+      # Size of the stored patches (selects the TFDS builder config `<size>px`).
+      stored_size=256,
+      # Size of the crops fed to the model (random crops in training, centre crops otherwise).
+      image_size=256,
+      # Dates per series: T-1 earlier dates feed the temporal branch, the last is the target.
+      series_length=4,
+      # S2 normalisation: "minmax" (reference: per image to [0, 1]) or "reflectance" (x / 10000).
+      s2_normalization="minmax",
+      # Random horizontal/vertical flips in training, the same for every date and for S1.
+      flips=True,
+      # Simulated clouds on the last date (the real patches are cloud-free).
+      clouds=ml_collections.ConfigDict(dict(
+          # Fraction of the image covered, drawn uniformly from this range per sample.
+          coverage=(0.2, 0.6),
+          # Share of the cloud cover that is thin (semi-transparent) rather than opaque.
+          thin_fraction=0.3,
+          # Cast shadows next to the clouds.
+          shadows=True,
+      )),
+      # Skip series with unreadable or invalid files (reported at the end) instead of stopping.
+      skip_invalid=False,
+      # grain worker processes (0 = in the main process).
+      worker_count=0,
+  ))
+
+
+def model_config() -> ml_collections.ConfigDict:
+  """Widths and numerics of the three PLFM components."""
+  return ml_collections.ConfigDict(dict(
+      # ConvLSTM filters of the temporal branch, one entry per layer.
+      temporal_features=(128, 64, 32),
+      # Base width (gf) and depth of the SAR pix2pix U-Net generator.
+      generator_features=128,
+      # Base width (df) of the PatchGAN discriminator.
+      discriminator_features=128,
+      # Base width of the fusion head U-Net.
+      head_features=32,
+      # Head inputs: "branches" (reference: temporal ++ SAR outputs) or "branches+cloudy" (also
+      # the cloudy target image and its cloud mask).
+      head_inputs="branches",
+      # Convolution implementation: "auto" (shifted matmuls on CPU, lax.conv on accelerators),
+      # "lax" or "matmul".
+      conv_impl="auto",
+      # Time loop of the ConvLSTM: "unroll" (fast for short series, XLA:CPU) or "scan".
+      time_loop="unroll",
+      # Compute dtype ("float32" or "bfloat16"); parameters always stay float32.
+      dtype="float32",
+  ))
+
+
+def get_config(variant: str = "paper") -> ml_collections.ConfigDict:
+  """Returns the configuration of `variant` (one of VARIANTS)."""
+  variant = variant or "paper"
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown config variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+  config = ml_collections.ConfigDict()
+  config.variant = variant
+  # Seed for parameter initialisation, shuffling, augmentation and simulated clouds.
+  config.seed = 0
+  # Global batch size (split over processes and devices).
+  config.batch_size = 1
+  config.data = data_config()
+  config.model = model_config()
+
+  if variant == "demo":
+    config.batch_size = 4
+    config.data.stored_size = 64
+    config.data.image_size = 64
+    config.model.temporal_features = (16, 8, 8)
+    config.model.generator_features = 8
+    config.model.discriminator_features = 8
+    config.model.head_features = 8
+  return config
