@@ -1,0 +1,74 @@
+"""Orbax checkpoints of one training stage: the last few for resuming, the best for later stages.
+
+Layout: `<workdir>/checkpoints/<stage>/last/<step>/` and `<workdir>/checkpoints/<stage>/best/<step>/`,
+each holding `state` (variables, optimizer state, step: a pytree), `progress` (epoch, early-stopping
+counters, the data iterator's state: JSON) and `config` (JSON). Orbax writes into a temporary
+directory and renames it when complete, so a process killed mid-save leaves the previous checkpoint
+loadable; the leftover temporary directory is removed at the next start.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+_ITEMS = ("state", "progress", "config")
+
+
+class StageCheckpoints:
+  """The `last` and `best` checkpoint managers of one stage."""
+
+  def __init__(self, workdir: str | pathlib.Path, stage: str, *, keep: int = 3):
+    root = pathlib.Path(workdir).absolute() / "checkpoints" / stage
+    self.last = _manager(root / "last", max_to_keep=keep)
+    self.best = _manager(root / "best", max_to_keep=1)
+
+  def save(self, step: int, state: Any, progress: dict, config: dict, *, best: bool) -> None:
+    """Saves asynchronously to `last` (and `best` when the validation loss improved)."""
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state),
+                              progress=ocp.args.JsonSave(progress),
+                              config=ocp.args.JsonSave(config))
+    self.last.save(step, args=args, force=True)
+    if best:
+      self.best.save(step, args=args, force=True)
+
+  def latest(self, abstract_state: Any, *, best: bool = False) -> tuple[Any, dict, dict] | None:
+    """(state, progress, config) of the newest `last` (or the `best`) checkpoint, or None."""
+    manager = self.best if best else self.last
+    step = manager.latest_step()
+    if step is None:
+      return None
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state),
+        progress=ocp.args.JsonRestore(),
+        config=ocp.args.JsonRestore()))
+    return restored["state"], restored["progress"], restored["config"]
+
+  def has_best(self) -> bool:
+    return self.best.latest_step() is not None
+
+  def wait(self) -> None:
+    """Blocks until pending asynchronous saves are on disk."""
+    self.last.wait_until_finished()
+    self.best.wait_until_finished()
+
+  def close(self) -> None:
+    self.last.close()
+    self.best.close()
+
+
+def _manager(directory: pathlib.Path, *, max_to_keep: int) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      directory,
+      options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                           cleanup_tmp_directories=True,
+                                           enable_async_checkpointing=True),
+      item_names=_ITEMS)
+
+
+def abstract_like(tree: Any, sharding: jax.sharding.Sharding) -> Any:
+  """ShapeDtypeStructs of `tree` placed with `sharding`: restores onto any mesh."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
