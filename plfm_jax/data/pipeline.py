@@ -1,0 +1,178 @@
+"""Input pipeline: `plfm_series` records to model batches, with grain and without TensorFlow.
+
+    records (tfds.data_source) -> [shuffle, repeat] -> per-process shard
+      -> transform_record (crop, flips, normalisation, simulated clouds) -> batch
+
+Batches are dicts of float32 NumPy arrays as in docs/architecture.md: `history`, `target`,
+`cloudy`, `cloud_mask`, `sar`. Every random choice of a sample (crop, flips, clouds) comes from a
+generator seeded by the run seed, the epoch and the series identity (zone, patch, months): the same
+sample looks the same whatever the batch size, the sharding, the worker count or the record
+order, so evaluation gives every method the same clouds (in every pass), and training is
+reproducible from a seed.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any, Mapping, Sequence
+
+from absl import flags
+import grain
+import jax
+import numpy as np
+
+from plfm_jax.data.clouds import simulate_clouds
+from plfm_jax.data.normalize import normalize_s2, qa60_cloud_mask, s1_db_to_unit
+from plfm_jax.data.tfds_data import data_source
+
+BATCH_KEYS = ("history", "target", "cloudy", "cloud_mask", "sar")
+# Distinguishes the shuffle's seed from the per-sample seeds derived from the same run seed.
+_SHUFFLE_STREAM = 1
+
+
+def sample_rng(seed: int, record: Mapping[str, Any], epoch: int = 0) -> np.random.Generator:
+  """The generator of one sample's crop, flips and clouds: from seed, epoch and series identity."""
+  zone = record["zone"]
+  zone = zone.encode() if isinstance(zone, str) else bytes(zone)
+  identity = [zlib.crc32(zone), int(record["patch"]), *np.asarray(record["months"]).tolist()]
+  return np.random.default_rng([seed, epoch, *identity])
+
+
+def transform_record(record: Mapping[str, Any], rng: np.random.Generator,
+                     data_config: Mapping[str, Any], *, train: bool) -> dict[str, np.ndarray]:
+  """One `plfm_series` record to one example with the BATCH_KEYS (float32, no batch axis).
+
+  Training crops at a random position and flips at random; evaluation crops the centre and does
+  not flip. The simulated clouds always come from `rng`. Reads `image_size`, `s2_normalization`,
+  `flips` and `clouds` of `data_config` (the `data` section of configs/plfm.py).
+  """
+  s2 = np.asarray(record["s2"])
+  # Only the last date's S1 and QA60 are used; a leading axis of 1 keeps H, W on axes 1 and 2 of
+  # every array, so one crop and one flip serve all of them.
+  sar = np.asarray(record["s1"])[-1:]
+  qa60 = np.asarray(record["cm"])[-1:]
+  stored = s2.shape[1]
+  size = data_config["image_size"]
+  if size > stored:
+    raise ValueError(f"image_size {size} is larger than the stored patches ({stored} px)")
+  if train:
+    top, left = rng.integers(0, stored - size + 1, size=2)
+  else:
+    top = left = (stored - size) // 2
+  window = (slice(None), slice(top, top + size), slice(left, left + size))
+  s2, sar, qa60 = s2[window], sar[window], qa60[window]
+  if train and data_config["flips"]:
+    for axis in (1, 2):
+      if rng.random() < 0.5:
+        s2, sar, qa60 = (np.flip(x, axis) for x in (s2, sar, qa60))
+
+  # Normalised after cropping: the model sees each image scaled by what it sees, as at inference.
+  s2 = normalize_s2(s2, data_config["s2_normalization"])
+  target = s2[-1]
+  clouds = data_config["clouds"]
+  cloudy, cloud_mask = simulate_clouds(
+      target, rng, coverage=tuple(clouds["coverage"]), thin_fraction=clouds["thin_fraction"],
+      shadows=clouds["shadows"])
+  cloud_mask = cloud_mask | qa60_cloud_mask(qa60[0])
+  return {
+      "history": s2[:-1],
+      "target": target,
+      "cloudy": cloudy,
+      "cloud_mask": cloud_mask[..., None].astype(np.float32),
+      "sar": s1_db_to_unit(sar[0]),
+  }
+
+
+class _Example:
+  """Reads record `key` and transforms it (a class, not a closure: worker processes pickle it)."""
+
+  def __init__(self, source: Sequence[Mapping[str, Any]], data_config: Mapping[str, Any], *,
+               train: bool, seed: int):
+    self._source = source
+    self._data_config = data_config
+    self._train = train
+    self._seed = seed
+
+  def __call__(self, key_epoch: tuple[int, int]) -> dict[str, np.ndarray]:
+    key, epoch = key_epoch
+    record = self._source[key]
+    # Training varies a sample's augmentation and clouds per epoch; evaluation repeats them.
+    rng = sample_rng(self._seed, record, epoch if self._train else 0)
+    return transform_record(record, rng, self._data_config, train=self._train)
+
+
+def _record_keys(num_records: int, *, train: bool, seed: int, num_epochs: int | None,
+                 shard_index: int, shard_count: int) -> grain.MapDataset:
+  """(record key, epoch) pairs of this shard, in reading order.
+
+  Training shuffles every epoch with the same permutation on every process and deals the
+  global order out round-robin, so the shards of an epoch are disjoint and change per epoch;
+  the order is cut to a multiple of shard_count so that every process gets as many batches.
+  Evaluation reads in record order once per epoch and keeps every record.
+  """
+  keys = grain.MapDataset.range(num_records)
+  if train:
+    shuffle_seed = int(np.random.SeedSequence([seed, _SHUFFLE_STREAM]).generate_state(1)[0])
+    keys = keys.shuffle(seed=shuffle_seed)
+  if num_epochs is None and not train:
+    num_epochs = 1
+  keys = keys.repeat(num_epochs)
+  keys = keys.map_with_index(lambda position, key: (key, position // num_records))
+  if train and num_epochs is not None:
+    keys = keys[:len(keys) // shard_count * shard_count]
+  return keys[shard_index::shard_count]
+
+
+def make_iterator(data_config: Mapping[str, Any], *, split: str, global_batch_size: int,
+                  train: bool, seed: int, num_epochs: int | None = None,
+                  shard_index: int | None = None, shard_count: int | None = None
+                  ) -> grain.DatasetIterator:
+  """An iterator of this process's batches of `split`, with `get_state()` / `set_state()`.
+
+  Args:
+    data_config: the `data` section of configs/plfm.py; the dataset must be built already
+      (`plfm_jax.data.tfds_data.ensure_built`).
+    split: TFDS split, e.g. "train", "validation" or "train[:90%]".
+    global_batch_size: batch size over all processes; each gets global_batch_size // shard_count.
+    train: shuffle, random crops, flips and drop the last incomplete batch; otherwise read in
+      order with centre crops and keep every sample.
+    seed: non-negative seed of the shuffle, augmentation and clouds.
+    num_epochs: passes over the split; None repeats forever in training and reads once otherwise.
+    shard_index, shard_count: this process's shard; default jax.process_index() and
+      jax.process_count(). Training gives every shard as many batches; evaluation shards may
+      differ by one sample, and so by one (incomplete) batch.
+  """
+  if seed < 0:
+    raise ValueError(f"seed must be non-negative, got {seed}")
+  if shard_index is None:
+    shard_index = jax.process_index()
+  if shard_count is None:
+    shard_count = jax.process_count()
+  if not 0 <= shard_index < shard_count:
+    raise ValueError(f"shard_index {shard_index} not in [0, shard_count={shard_count})")
+  if global_batch_size < 1 or global_batch_size % shard_count:
+    raise ValueError(f"global_batch_size {global_batch_size} must be a positive multiple of the "
+                     f"shard count {shard_count}")
+  if data_config["image_size"] > data_config["stored_size"]:
+    raise ValueError(f"data.image_size {data_config['image_size']} is larger than "
+                     f"data.stored_size {data_config['stored_size']}")
+
+  source = data_source(data_config["tfds_dir"], split, image_size=data_config["stored_size"])
+  keys = _record_keys(len(source), train=train, seed=seed, num_epochs=num_epochs,
+                      shard_index=shard_index, shard_count=shard_count)
+  examples = keys.map(_Example(source, data_config, train=train, seed=seed))
+  read_options = grain.ReadOptions(num_threads=data_config["read_threads"],
+                                   prefetch_buffer_size=data_config["prefetch_buffer_size"])
+  examples = examples.to_iter_dataset(read_options)
+  if data_config["worker_count"] > 0:
+    # grain reads its absl flags when it starts workers; programs without absl.app never parse
+    # them, and the defaults are what they would get.
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
+    # Workers take samples round-robin and batching follows, so batches are the same for any
+    # worker count (batching inside the workers would group each worker's samples instead).
+    examples = examples.mp_prefetch(
+        grain.MultiprocessingOptions(num_workers=data_config["worker_count"]))
+  batches = examples.batch(global_batch_size // shard_count, drop_remainder=train)
+  return iter(batches)
+
