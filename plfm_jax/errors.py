@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from typing import Callable, NoReturn, Sequence
+from typing import Callable, Iterator, NoReturn, Sequence
 
 # Exit status for bad input, as distinct from crashes (1) and usage errors from argparse (2 as well,
 # which is deliberate: both mean "the command line or its inputs are wrong").
@@ -20,16 +21,14 @@ class InputError(Exception):
     super().__init__(f"{self.path}: {problem}")
 
 
-def run_cli(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] | None = None) -> NoReturn:
-  """Runs `main(argv)` and exits; an InputError becomes one line on stderr and exit code 2.
+@contextlib.contextmanager
+def exit_on_input_error(debug: bool = False) -> Iterator[None]:
+  """Turns an InputError (or Ctrl-C) inside the block into one line on stderr and an exit status.
 
-  `--debug` anywhere on the command line is removed from argv and lets the traceback through.
+  With `debug` the exception propagates with its traceback.
   """
-  argv = list(sys.argv[1:] if argv is None else argv)
-  debug = "--debug" in argv
-  argv = [a for a in argv if a != "--debug"]
   try:
-    status = main(argv)
+    yield
   except InputError as e:
     if debug:
       raise
@@ -40,4 +39,16 @@ def run_cli(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] | N
       raise
     print("interrupted", file=sys.stderr)
     sys.exit(130)
+
+
+def run_cli(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] | None = None) -> NoReturn:
+  """Runs `main(argv)` and exits; an InputError becomes one line on stderr and exit code 2.
+
+  `--debug` anywhere on the command line is removed from argv and lets the traceback through.
+  """
+  argv = list(sys.argv[1:] if argv is None else argv)
+  debug = "--debug" in argv
+  argv = [a for a in argv if a != "--debug"]
+  with exit_on_input_error(debug):
+    status = main(argv)
   sys.exit(status or 0)

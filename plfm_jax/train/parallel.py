@@ -63,5 +63,8 @@ def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str,
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-  """Places a pytree (parameters, optimizer state) on every device of the mesh."""
-  return jax.device_put(tree, replicated(mesh))
+  """Copies a pytree (parameters, optimizer state) onto every device of the mesh.
+
+  Always a copy: train steps donate their state, which must not delete the caller's arrays.
+  """
+  return jax.device_put(tree, replicated(mesh), may_alias=False)
