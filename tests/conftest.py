@@ -4,12 +4,39 @@ from __future__ import annotations
 
 import os
 import pathlib
+import tempfile
 
 import pytest
+
+# One XLA compilation cache for the whole session, inherited by the train.py subprocesses: the
+# tiny models are compiled once instead of once per process (75 s -> 12 s for a repeated run).
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="plfm_xla_cache_"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SAMPLE_ROOT = pathlib.Path(
     os.environ.get("PLFM_SAMPLE_ROOT", REPO_ROOT.parent / "shared" / "data" / "plfm_sample"))
+
+
+# The first zone the synthetic writer creates.
+SYNTHETIC_ZONE = "zone_1_a"
+
+
+@pytest.fixture
+def flat_root(tmp_path: pathlib.Path) -> pathlib.Path:
+  """Two synthetic series (one zone, Jan-Apr) at 16 px directly under the root: one train split."""
+  from plfm_jax.data.synthetic import write_synthetic_dataset
+  return write_synthetic_dataset(tmp_path / "ds", series_per_split={"training": 2}, image_size=16,
+                                 flat=True)
+
+
+def synthetic_file(root: pathlib.Path, kind: str, month: str = "Feb",
+                   index: int = 0) -> pathlib.Path:
+  """The `index`-th file (by patch number) of `kind` (VV, RGB, CM) and `month` in SYNTHETIC_ZONE."""
+  folder = "sen1" if kind == "VV" else "sen2"
+  files = (root / folder / SYNTHETIC_ZONE).glob(f"image_{kind}_*_{month}_patch_*.tif")
+  return sorted(files, key=lambda p: int(p.stem.rsplit("_", 1)[1]))[index]
 
 
 @pytest.fixture(scope="session")

@@ -13,21 +13,7 @@ from plfm_jax.data.layout import MONTHS, SPLIT_FOLDERS, scan_dataset
 from plfm_jax.data.synthetic import write_synthetic_dataset
 from plfm_jax.errors import InputError
 
-ZONE = "zone_1_a"  # the first zone the synthetic writer creates
-
-
-@pytest.fixture
-def flat_root(tmp_path: pathlib.Path) -> pathlib.Path:
-  """Two series (one zone, Jan-Apr) at 16 px directly under the root."""
-  return write_synthetic_dataset(tmp_path / "ds", series_per_split={"training": 2}, image_size=16,
-                                 flat=True)
-
-
-def _file(root: pathlib.Path, kind: str, month: str, index: int = 0) -> pathlib.Path:
-  """The `index`-th file (by patch number) of `kind` and `month` in ZONE."""
-  folder = "sen1" if kind == "VV" else "sen2"
-  files = (root / folder / ZONE).glob(f"image_{kind}_*_{month}_patch_*.tif")
-  return sorted(files, key=lambda p: int(p.stem.rsplit("_", 1)[1]))[index]
+from conftest import SYNTHETIC_ZONE, synthetic_file
 
 
 def _patch(path: pathlib.Path) -> int:
@@ -82,7 +68,7 @@ def test_flat_root_is_one_train_split(flat_root):
   scan = scan_dataset(flat_root)
   assert list(scan.splits) == ["train"]
   assert len(scan.splits["train"]) == 2
-  assert scan.months_per_zone == {("train", ZONE): ("Jan", "Feb", "Mar", "Apr")}
+  assert scan.months_per_zone == {("train", SYNTHETIC_ZONE): ("Jan", "Feb", "Mar", "Apr")}
 
 
 def test_long_zone_gives_windows_in_calendar_order(tmp_path):
@@ -90,7 +76,7 @@ def test_long_zone_gives_windows_in_calendar_order(tmp_path):
   root = write_synthetic_dataset(tmp_path / "ds", series_per_split={"training": 1}, image_size=16,
                                  months=months, flat=True)
   scan = scan_dataset(root)
-  assert scan.months_per_zone[("train", ZONE)] == MONTHS[:6]
+  assert scan.months_per_zone[("train", SYNTHETIC_ZONE)] == MONTHS[:6]
   windows = [s.months for s in scan.splits["train"]]
   assert windows == [MONTHS[0:4], MONTHS[1:5], MONTHS[2:6]]
   for series in scan.splits["train"]:
@@ -103,8 +89,8 @@ def test_stray_non_tiff_files_are_ignored(flat_root):
   (flat_root / ".DS_Store").write_text("x")
   (flat_root / "README.md").write_text("notes")
   (flat_root / "sen1" / "notes.txt").write_text("notes")
-  (flat_root / "sen2" / ZONE / "Thumbs.db").write_bytes(b"\0")
-  (flat_root / "sen2" / ZONE / "._image_RGB_1_Jan_patch_0.tif").write_bytes(b"\0")
+  (flat_root / "sen2" / SYNTHETIC_ZONE / "Thumbs.db").write_bytes(b"\0")
+  (flat_root / "sen2" / SYNTHETIC_ZONE / "._image_RGB_1_Jan_patch_0.tif").write_bytes(b"\0")
   assert len(scan_dataset(flat_root).splits["train"]) == 2
 
 
@@ -112,52 +98,52 @@ def test_stray_non_tiff_files_are_ignored(flat_root):
 # Each damage function breaks the pristine flat dataset and returns (message part, path part).
 
 def _remove_rgb_feb(root):
-  path = _file(root, "RGB", "Feb")
+  path = synthetic_file(root, "RGB", "Feb")
   path.unlink()
-  return f"patch {_patch(path)} has no RGB image for Feb", f"sen2/{ZONE}"
+  return f"patch {_patch(path)} has no RGB image for Feb", f"sen2/{SYNTHETIC_ZONE}"
 
 
 def _remove_s1_mar(root):
-  path = _file(root, "VV", "Mar", 1)
+  path = synthetic_file(root, "VV", "Mar", 1)
   path.unlink()
-  return f"patch {_patch(path)} has no VV image for Mar", f"sen1/{ZONE}"
+  return f"patch {_patch(path)} has no VV image for Mar", f"sen1/{SYNTHETIC_ZONE}"
 
 
 def _remove_cm_apr(root):
-  path = _file(root, "CM", "Apr")
+  path = synthetic_file(root, "CM", "Apr")
   path.unlink()
-  return f"patch {_patch(path)} has no CM image for Apr", f"sen2/{ZONE}"
+  return f"patch {_patch(path)} has no CM image for Apr", f"sen2/{SYNTHETIC_ZONE}"
 
 
 def _duplicate_month(root):
-  path = _file(root, "VV", "Jan")
+  path = synthetic_file(root, "VV", "Jan")
   copy = path.with_name(f"image_VV_999_Jan_patch_{_patch(path)}.tif")
   shutil.copy(path, copy)
-  return f"has 2 VV images for Jan: {path.name}, {copy.name}", f"sen1/{ZONE}"
+  return f"has 2 VV images for Jan: {path.name}, {copy.name}", f"sen1/{SYNTHETIC_ZONE}"
 
 
 def _unparseable_tif(root):
-  (root / "sen2" / ZONE / "image_RGB_Jan_patch_1.tif").write_bytes(b"")
+  (root / "sen2" / SYNTHETIC_ZONE / "image_RGB_Jan_patch_1.tif").write_bytes(b"")
   return "file name does not match image_RGB_<n>_<Mon>_patch_<p>.tif", "image_RGB_Jan_patch_1.tif"
 
 
 def _s1_image_in_sen2(root):
-  shutil.copy(_file(root, "VV", "Jan"), root / "sen2" / ZONE / "image_VV_5_Jan_patch_3.tif")
+  shutil.copy(synthetic_file(root, "VV", "Jan"), root / "sen2" / SYNTHETIC_ZONE / "image_VV_5_Jan_patch_3.tif")
   return "file name does not match", "sen2/zone_1_a/image_VV_5_Jan_patch_3.tif"
 
 
 def _tiff_outside_zone(root):
-  shutil.copy(_file(root, "VV", "Jan"), root / "sen1" / "image_VV_5_Jan_patch_3.tif")
+  shutil.copy(synthetic_file(root, "VV", "Jan"), root / "sen1" / "image_VV_5_Jan_patch_3.tif")
   return "TIFF file directly in sen1/", "sen1/image_VV_5_Jan_patch_3.tif"
 
 
 def _zone_only_in_sen2(root):
-  shutil.copytree(root / "sen2" / ZONE, root / "sen2" / "zone_7_x")
+  shutil.copytree(root / "sen2" / SYNTHETIC_ZONE, root / "sen2" / "zone_7_x")
   return "zone folder missing, but sen2/zone_7_x exists", "sen1/zone_7_x"
 
 
 def _zone_only_in_sen1(root):
-  shutil.copytree(root / "sen1" / ZONE, root / "sen1" / "zone_7_x")
+  shutil.copytree(root / "sen1" / SYNTHETIC_ZONE, root / "sen1" / "zone_7_x")
   return "zone folder missing, but sen1/zone_7_x exists", "sen2/zone_7_x"
 
 
@@ -175,11 +161,11 @@ def _empty_modality_folder(root):
 
 
 def _too_few_months(root):
-  for path in (root / "sen1" / ZONE).glob("*_Apr_*"):
+  for path in (root / "sen1" / SYNTHETIC_ZONE).glob("*_Apr_*"):
     path.unlink()
-  for path in (root / "sen2" / ZONE).glob("*_Apr_*"):
+  for path in (root / "sen2" / SYNTHETIC_ZONE).glob("*_Apr_*"):
     path.unlink()
-  return "zone has 3 month(s) (Jan, Feb, Mar), fewer than the series length 4", f"sen2/{ZONE}"
+  return "zone has 3 month(s) (Jan, Feb, Mar), fewer than the series length 4", f"sen2/{SYNTHETIC_ZONE}"
 
 
 BROKEN: dict[str, Callable[[pathlib.Path], tuple[str, str]]] = {
@@ -212,8 +198,8 @@ def test_skip_invalid_reports_instead_of_raising(flat_root, damage):
 
 
 def test_skip_invalid_drops_only_the_affected_series(flat_root):
-  patches = [_patch(_file(flat_root, "RGB", "Jan", i)) for i in range(2)]
-  _file(flat_root, "RGB", "Feb", 0).unlink()
+  patches = [_patch(synthetic_file(flat_root, "RGB", "Jan", i)) for i in range(2)]
+  synthetic_file(flat_root, "RGB", "Feb", 0).unlink()
   _unparseable_tif(flat_root)
   scan = scan_dataset(flat_root, skip_invalid=True)
   assert len(scan.problems) == 2
@@ -223,7 +209,7 @@ def test_skip_invalid_drops_only_the_affected_series(flat_root):
 def test_skip_invalid_keeps_windows_without_the_missing_month(tmp_path):
   root = write_synthetic_dataset(tmp_path / "ds", series_per_split={"training": 1}, image_size=16,
                                  months=MONTHS[:5], flat=True)
-  _file(root, "VV", "Jan").unlink()
+  synthetic_file(root, "VV", "Jan").unlink()
   scan = scan_dataset(root, skip_invalid=True)
   assert [s.months for s in scan.splits["train"]] == [MONTHS[1:5]]
   assert len(scan.problems) == 1 and "has no VV image for Jan" in scan.problems[0]
@@ -236,7 +222,7 @@ def test_missing_root(tmp_path):
     scan_dataset(tmp_path / "nope", skip_invalid=True)
 
 
-def test_root_is_a_file(tmp_path):
+def test_root_is_asynthetic_file(tmp_path):
   (tmp_path / "f.tif").write_bytes(b"")
   with pytest.raises(InputError, match="dataset path is not a folder"):
     scan_dataset(tmp_path / "f.tif", skip_invalid=True)

@@ -12,20 +12,9 @@ from plfm_jax.data.readers import read_cm, read_rgb, read_s1, read_series, valid
 from plfm_jax.data.synthetic import write_synthetic_dataset
 from plfm_jax.errors import InputError
 
+from conftest import SYNTHETIC_ZONE, synthetic_file
+
 SIZE = 16
-ZONE = "zone_1_a"  # the first zone the synthetic writer creates
-
-
-@pytest.fixture
-def flat_root(tmp_path: pathlib.Path) -> pathlib.Path:
-  """Two series (one zone, Jan-Apr) at SIZE px directly under the root."""
-  return write_synthetic_dataset(tmp_path / "ds", series_per_split={"training": 2},
-                                 image_size=SIZE, flat=True)
-
-
-def _file(root: pathlib.Path, kind: str, month: str = "Feb") -> pathlib.Path:
-  folder = "sen1" if kind == "VV" else "sen2"
-  return sorted((root / folder / ZONE).glob(f"image_{kind}_*_{month}_patch_*.tif"))[0]
 
 
 # --- the real sample -------------------------------------------------------------------------
@@ -51,7 +40,7 @@ def test_real_sample_read_series(sample_root):
   assert -70 < arrays["s1"].min() < arrays["s1"].max() < 20
 
 
-def test_real_sample_at_wrong_size_names_the_file(sample_root):
+def test_real_sample_at_wrong_size_names_thesynthetic_file(sample_root):
   scan = scan_dataset(sample_root)
   with pytest.raises(InputError, match="expected 128 x 128 pixels, found 256 x 256") as info:
     validate_scan(scan, 128, progress=False)
@@ -177,7 +166,7 @@ BAD_FILES = [
 
 @pytest.mark.parametrize("kind, damage", BAD_FILES)
 def test_bad_file_raises_naming_it(flat_root, kind, damage):
-  path = _file(flat_root, kind)
+  path = synthetic_file(flat_root, kind)
   message = damage(path)
   reader = {"VV": read_s1, "RGB": read_rgb, "CM": read_cm}[kind]
   with pytest.raises(InputError) as info:
@@ -200,7 +189,7 @@ def test_bad_file_raises_naming_it(flat_root, kind, damage):
 def test_shared_file_is_reported_once_and_drops_every_window(tmp_path):
   root = write_synthetic_dataset(tmp_path / "ds", series_per_split={"training": 2},
                                  image_size=SIZE, months=MONTHS[:5], flat=True)
-  _truncate(_file(root, "RGB", "Mar"))  # Mar lies in both windows, Jan-Apr and Feb-May
+  _truncate(synthetic_file(root, "RGB", "Mar"))  # Mar lies in both windows, Jan-Apr and Feb-May
   scan = scan_dataset(root, skip_invalid=True)
   assert len(scan.splits["train"]) == 4
   validated = validate_scan(scan, SIZE, skip_invalid=True, progress=False)
@@ -210,7 +199,7 @@ def test_shared_file_is_reported_once_and_drops_every_window(tmp_path):
 
 
 def test_validate_keeps_layout_problems_and_fields(flat_root):
-  _file(flat_root, "CM", "Jan").unlink()
+  synthetic_file(flat_root, "CM", "Jan").unlink()
   scan = scan_dataset(flat_root, skip_invalid=True)
   validated = validate_scan(scan, SIZE, skip_invalid=True, progress=False)
   assert validated.problems == scan.problems and len(scan.problems) == 1
