@@ -1,0 +1,135 @@
+"""Temporal branch of PLFM: stacked ConvLSTM layers with Keras ConvLSTM2D's parameterisation.
+
+Flax's `nn.ConvLSTMCell` has two biased convolutions per step, so its parameter count differs
+from the reference; `ConvLSTM2D` here keeps Keras's layout (one input kernel, one recurrent
+kernel, one bias of 4 * features, gate order i, f, c, o) and initialisation.
+
+Speed: XLA:CPU runs a convolution inside a `scan` body on a very slow path, so the short time
+loop is unrolled in Python by default; the input and recurrent convolutions of a step run as
+one convolution over [x_t, h_{t-1}], and the first step, whose state is zero, skips the
+recurrent part.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from plfm_jax.models.conv import Conv, conv2d
+
+TIME_LOOPS = ("unroll", "scan")
+
+# Keras BatchNormalization defaults; the reference sets no momentum on the temporal branch.
+_BN_MOMENTUM = 0.99
+_BN_EPSILON = 1e-3
+
+
+def unit_forget_bias(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
+  """Keras `unit_forget_bias`: zeros except ones on the forget-gate quarter (order i, f, c, o)."""
+  del key
+  features = shape[0] // 4
+  return jnp.zeros(shape, dtype).at[features:2 * features].set(1)
+
+
+class ConvLSTM2D(nn.Module):
+  """One ConvLSTM layer over a (B, T, H, W, C) sequence with zero initial state.
+
+  Attributes:
+    features: hidden channels F.
+    kernel_size: square kernel of both convolutions ('same' padding, stride 1).
+    return_sequences: return every hidden state (B, T, H, W, F), else the last one (B, H, W, F).
+    time_loop: "unroll" (Python loop; fast for short series on XLA:CPU) or "scan" (lax.scan;
+      constant compile time for long series).
+    impl: convolution implementation passed to `conv2d` ("lax" or "matmul").
+    dtype: compute dtype.
+    param_dtype: parameter dtype.
+  """
+  features: int
+  kernel_size: int = 3
+  return_sequences: bool = True
+  time_loop: str = "unroll"
+  impl: str = "lax"
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if self.time_loop not in TIME_LOOPS:
+      raise ValueError(f"time_loop must be one of {TIME_LOOPS}, got {self.time_loop!r}")
+    k, f = self.kernel_size, self.features
+    kernel = self.param("kernel", nn.initializers.glorot_uniform(),
+                        (k, k, x.shape[-1], 4 * f), self.param_dtype)
+    recurrent_kernel = self.param("recurrent_kernel", nn.initializers.orthogonal(),
+                                  (k, k, f, 4 * f), self.param_dtype)
+    bias = self.param("bias", unit_forget_bias, (4 * f,), self.param_dtype)
+    x, kernel, recurrent_kernel, bias = nn.dtypes.promote_dtype(
+        x, kernel, recurrent_kernel, bias, dtype=self.dtype)
+    # Concatenated at call time so the parameters keep Keras's names and shapes.
+    joint_kernel = jnp.concatenate([kernel, recurrent_kernel], axis=2)
+
+    def gates(inputs: jax.Array, w: jax.Array) -> list[jax.Array]:
+      return jnp.split(conv2d(inputs, w, impl=self.impl) + bias, 4, axis=-1)
+
+    def step(carry: tuple[jax.Array, jax.Array],
+             x_t: jax.Array) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
+      h, c = carry
+      i, fg, g, o = gates(jnp.concatenate([x_t, h], axis=-1), joint_kernel)
+      c = nn.sigmoid(fg) * c + nn.sigmoid(i) * nn.relu(g)
+      h = nn.sigmoid(o) * nn.relu(c)
+      return (h, c), h
+
+    # t = 0: h and c are zero, so the recurrent convolution and the forget term vanish.
+    i, _, g, o = gates(x[:, 0], kernel)
+    c = nn.sigmoid(i) * nn.relu(g)
+    h = nn.sigmoid(o) * nn.relu(c)
+    carry = (h, c)
+    if self.time_loop == "unroll":
+      hs = [h]
+      for t in range(1, x.shape[1]):
+        carry, h_t = step(carry, x[:, t])
+        hs.append(h_t)
+      sequence = jnp.stack(hs, axis=1)
+    else:
+      carry, rest = jax.lax.scan(step, carry, jnp.swapaxes(x[:, 1:], 0, 1))
+      sequence = jnp.concatenate([h[:, None], jnp.swapaxes(rest, 0, 1)], axis=1)
+    # XLA drops the unused sequence when only the final state is returned.
+    return sequence if self.return_sequences else carry[0]
+
+
+class TemporalBranch(nn.Module):
+  """ConvLSTM stack -> Conv(3x3, sigmoid): (B, T, H, W, C) earlier dates -> (B, H, W, 3) in [0, 1].
+
+  BatchNorm follows every ConvLSTM layer but the last, normalising over the whole sequence; the
+  last layer returns only its final hidden state.
+
+  Attributes:
+    features: ConvLSTM filters per layer (reference: 128, 64, 32).
+    out_features: output channels.
+    time_loop: "unroll" or "scan", see `ConvLSTM2D`.
+    impl: convolution implementation ("lax" or "matmul").
+    dtype: compute dtype.
+    param_dtype: parameter dtype.
+  """
+  features: Sequence[int] = (128, 64, 32)
+  out_features: int = 3
+  time_loop: str = "unroll"
+  impl: str = "lax"
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    for index, features in enumerate(self.features):
+      last = index == len(self.features) - 1
+      x = ConvLSTM2D(features, return_sequences=not last, time_loop=self.time_loop,
+                     impl=self.impl, dtype=self.dtype, param_dtype=self.param_dtype)(x)
+      if not last:
+        x = nn.BatchNorm(use_running_average=not train, momentum=_BN_MOMENTUM,
+                         epsilon=_BN_EPSILON, dtype=self.dtype,
+                         param_dtype=self.param_dtype)(x)
+    x = Conv(self.out_features, kernel_size=3, impl=self.impl, dtype=self.dtype,
+             param_dtype=self.param_dtype)(x)
+    return nn.sigmoid(x)

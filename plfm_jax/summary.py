@@ -1,0 +1,92 @@
+"""Per-component size of the PLFM model.
+
+Usage: `python -m plfm_jax.summary --config configs/plfm.py[:variant]`.
+
+Prints a table (params, batch_stats, total, output shape, forward GFLOPs per sample from XLA's
+cost analysis) and, as its last line, JSON {component: params + batch_stats}. Shapes come from
+`jax.eval_shape`, so nothing is initialised or run, even for the paper config.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any, Sequence
+
+from absl import app
+import jax
+import jax.numpy as jnp
+from ml_collections import config_flags
+
+from plfm_jax import modeling
+
+
+def component_inputs(config: Any) -> dict[str, tuple[jax.ShapeDtypeStruct, ...]]:
+  """Abstract batch-1 inputs of every component for `config`."""
+  size, length = config.data.image_size, config.data.series_length
+  image = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+  head_channels = modeling.head_channels(config.model.head_inputs)
+  return {
+      "temporal": (jax.ShapeDtypeStruct((1, length - 1, size, size, 3), jnp.float32),),
+      "generator": (image,),
+      "discriminator": (image, image),
+      "head": (jax.ShapeDtypeStruct((1, size, size, head_channels), jnp.float32),),
+  }
+
+
+def summarize(config: Any) -> list[dict[str, Any]]:
+  """One row per component: name, params, batch_stats, total, output shape, forward GFLOPs."""
+  models = modeling.build_models(config.model)
+  variables = jax.eval_shape(
+      functools.partial(modeling.init_variables, models, image_size=config.data.image_size,
+                        series_length=config.data.series_length,
+                        head_inputs=config.model.head_inputs),
+      jax.random.key(0))
+  rows = []
+  for name, inputs in component_inputs(config).items():
+    module = getattr(models, name)
+    apply = jax.jit(functools.partial(module.apply, train=False))
+    cost = apply.lower(variables[name], *inputs).cost_analysis() or {}
+    rows.append(dict(
+        name=name,
+        params=modeling.count_variables(variables[name]["params"]),
+        batch_stats=modeling.count_variables(variables[name].get("batch_stats", {})),
+        total=modeling.count_variables(variables[name]),
+        output_shape=tuple(jax.eval_shape(apply, variables[name], *inputs).shape),
+        gflops=cost.get("flops", float("nan")) / 1e9,
+    ))
+  return rows
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+  """Aligned text table of `summarize` rows."""
+  header = ("component", "params", "batch_stats", "total", "output shape", "GFLOPs/sample")
+  lines = [(r["name"], f"{r['params']:,}", f"{r['batch_stats']:,}", f"{r['total']:,}",
+            str(r["output_shape"]), f"{r['gflops']:.4g}") for r in rows]
+  widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header))]
+  return "\n".join(
+      "  ".join(cell.ljust(w) if i in (0, 4) else cell.rjust(w)
+                for i, (cell, w) in enumerate(zip(line, widths)))
+      for line in [header, *lines])
+
+
+def run() -> None:
+  """Command-line entry point; the flags are defined here, so importing this module defines none."""
+  config_flag = config_flags.DEFINE_config_file("config", "configs/plfm.py",
+                                                "Config file[:variant].", lock_config=True)
+
+  def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    config = config_flag.value
+    rows = summarize(config)
+    print(f"PLFM model, config variant {config.variant!r}, "
+          f"{config.data.image_size} px, forward pass per sample")
+    print(format_table(rows))
+    print(json.dumps({r["name"]: r["total"] for r in rows}))
+
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()
