@@ -17,7 +17,8 @@ $(INSTALLED): setup.cfg pyproject.toml
 install: $(INSTALLED)
 
 demo: $(INSTALLED)
-	$(PY) -m plfm_jax.demo --workdir $(WORKDIR)
+	$(PY) train.py --config configs/plfm.py:demo --workdir $(WORKDIR)
+	@echo "demo done: sample panels in $(WORKDIR)/samples/, TensorBoard logs in $(WORKDIR)/tensorboard/"
 
 test: $(INSTALLED)
 	$(PY) -m pytest -q

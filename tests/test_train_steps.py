@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -70,11 +71,12 @@ def test_step_updates_exactly_the_trainable_components(setup, stage):
                               new_state["variables"][name]["params"])
     assert all(changed), f"{stage}: some {name} parameters did not move"
   assert all(np.isfinite(float(v)) for v in metrics.values())
-  expected = {"temporal": {"temporal_huber"}, "gan": {"discriminator_bce", "generator_l1",
-                                                       "generator_adversarial"},
-              "head": {"head_l1"}}.get(stage)
-  if expected:
-    assert expected | {"loss"} <= set(metrics) or expected <= set(metrics)
+  expected = {"temporal": {"temporal_huber"},
+              "gan": {"discriminator_bce", "generator_l1", "generator_adversarial"},
+              "head": {"head_l1"},
+              "joint": {"temporal_huber", "discriminator_bce", "generator_l1",
+                        "generator_adversarial", "head_l1"}}[stage]
+  assert set(metrics) == expected | {"loss"}
 
 
 def test_validation_losses_per_sample(setup):
@@ -100,35 +102,39 @@ _DATA_PARALLEL_SCRIPT = textwrap.dedent("""
     config = tiny_config()
     models = modeling.build_models(config.model)
     variables = modeling.init_variables(models, jax.random.key(0), image_size=32, series_length=4)
-    spec = steps.STAGES[{stage!r}]
-    results = []
-    for devices in (jax.devices()[:1], jax.devices()):
-      mesh = parallel.make_mesh(devices)
-      optimizers = steps.make_optimizers(config.train, spec)
-      state = parallel.replicate(steps.init_state(variables, spec, optimizers), mesh)
-      frozen = parallel.replicate({{c: variables[c] for c in spec.frozen}}, mesh)
-      train, _ = steps.jit_steps(models, spec, steps.Hyper(), optimizers,
-                                 parallel.replicated(mesh), parallel.batch_sharded(mesh))
-      for i in range(3):
-        batch = parallel.global_batch(random_batch(8, seed=i), mesh)
-        state, _ = train(state, frozen, batch)
-      results.append(jax.device_get(state["variables"]))
-    diffs = [float(np.max(np.abs(a - b))) for a, b in
-             zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1]))]
-    scale = max(float(np.max(np.abs(a))) for a in jax.tree.leaves(results[0]))
-    print(json.dumps({{"max_diff": max(diffs), "scale": scale}}))
+    report = {{}}
+    for stage in ("gan", "head"):
+      spec = steps.STAGES[stage]
+      results = []
+      for devices in (jax.devices()[:1], jax.devices()):
+        mesh = parallel.make_mesh(devices)
+        optimizers = steps.make_optimizers(config.train, spec)
+        state = parallel.replicate(steps.init_state(variables, spec, optimizers), mesh)
+        frozen = parallel.replicate({{c: variables[c] for c in spec.frozen}}, mesh)
+        train, _ = steps.jit_steps(models, spec, steps.Hyper(), optimizers,
+                                   parallel.replicated(mesh), parallel.batch_sharded(mesh))
+        for i in range(3):
+          batch = parallel.global_batch(random_batch(8, seed=i), mesh)
+          state, _ = train(state, frozen, batch)
+        results.append(jax.device_get(state["variables"]))
+      diffs = [float(np.max(np.abs(a - b))) for a, b in
+               zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1]))]
+      scale = max(float(np.max(np.abs(a))) for a in jax.tree.leaves(results[0]))
+      report[stage] = {{"max_diff": max(diffs), "scale": scale}}
+    print(json.dumps(report))
 """)
 
 
-@pytest.mark.parametrize("stage", ["gan", "head"])
-def test_eight_devices_match_one_device(setup, stage):
+def test_eight_devices_match_one_device():
   # Needs its own process: the device count is fixed when JAX starts.
   tests_dir = os.path.dirname(os.path.abspath(__file__))
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
          "PYTHONPATH": os.pathsep.join([os.path.dirname(tests_dir), tests_dir])}
-  script = _DATA_PARALLEL_SCRIPT.format(tests=tests_dir, stage=stage)
+  script = _DATA_PARALLEL_SCRIPT.format(tests=tests_dir)
   out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
                        timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
-  result = __import__("json").loads(out.stdout.strip().splitlines()[-1])
-  assert result["max_diff"] <= 1e-4 * max(1.0, result["scale"]), result
+  report = json.loads(out.stdout.strip().splitlines()[-1])
+  assert set(report) == {"gan", "head"}
+  for stage, result in report.items():
+    assert result["max_diff"] <= 1e-4 * max(1.0, result["scale"]), (stage, result)

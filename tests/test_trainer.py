@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +19,8 @@ from plfm_jax.data import tfds_data
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SIZE = 32
+STAGES = ("temporal", "gan", "head")
+STEPS = 8  # per stage: 2 epochs of 4 steps
 
 # Tiny widths, 32 px, 2 epochs of 4 steps per stage, a checkpoint every 2 steps.
 TINY = [f"--config.data.stored_size={SIZE}", f"--config.data.image_size={SIZE}",
@@ -42,70 +44,77 @@ def train_command(workdir: pathlib.Path, tfds_dir: pathlib.Path, *extra: str) ->
           "--workdir", str(workdir), f"--config.data.tfds_dir={tfds_dir}", *TINY, *extra]
 
 
-def run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
-  return subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=REPO, **kwargs)
+def run(command: list[str]) -> subprocess.CompletedProcess:
+  return subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=REPO)
 
 
-def finished_steps(workdir: pathlib.Path, stage: str) -> list[int]:
+def saved_steps(workdir: pathlib.Path, stage: str) -> list[int]:
   last = workdir / "checkpoints" / stage / "last"
   return sorted(int(p.name) for p in last.iterdir() if p.name.isdigit()) if last.exists() else []
 
 
 def final_state(workdir: pathlib.Path, stage: str):
-  path = workdir / "checkpoints" / stage / "last" / str(finished_steps(workdir, stage)[-1]) / "state"
-  return ocp.StandardCheckpointer().restore(path)
+  step = saved_steps(workdir, stage)[-1]
+  return ocp.StandardCheckpointer().restore(workdir / "checkpoints" / stage / "last" / str(step)
+                                            / "state")
 
 
-def test_killed_run_resumes_to_the_same_parameters(tmp_path, tfds_dir):
-  stage = ["--config.train.stages=(\"gan\",)"]
-  uninterrupted = tmp_path / "uninterrupted"
-  out = run(train_command(uninterrupted, tfds_dir, *stage))
+@pytest.fixture(scope="module")
+def trained(tfds_dir, tmp_path_factory) -> pathlib.Path:
+  """A workdir where every stage ran uninterrupted."""
+  workdir = tmp_path_factory.mktemp("uninterrupted")
+  out = run(train_command(workdir, tfds_dir))
   assert out.returncode == 0, out.stderr[-3000:]
+  return workdir
 
-  interrupted = tmp_path / "interrupted"
-  process = subprocess.Popen(train_command(interrupted, tfds_dir, *stage), cwd=REPO,
+
+def test_every_stage_leaves_checkpoints_logs_and_samples(trained):
+  for stage in STAGES:
+    assert saved_steps(trained, stage)[-1] == STEPS, stage
+    assert (trained / "checkpoints" / stage / "best").is_dir()
+    assert (trained / "samples" / f"{stage}.png").is_file()
+  assert any((trained / "tensorboard").iterdir())
+
+
+def test_killed_run_resumes_to_the_same_parameters(trained, tfds_dir, tmp_path):
+  workdir = tmp_path / "interrupted"
+  process = subprocess.Popen(train_command(workdir, tfds_dir), cwd=REPO,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  # Killed as soon as the GAN stage has a checkpoint: mid-stage, mid-run.
   deadline = time.monotonic() + 600
-  while not finished_steps(interrupted, "gan") and process.poll() is None:
+  while not saved_steps(workdir, "gan") and process.poll() is None:
     assert time.monotonic() < deadline, "no checkpoint appeared"
     time.sleep(0.02)
   process.send_signal(signal.SIGKILL)
   process.wait()
   assert process.returncode == -signal.SIGKILL, "the run ended before it could be interrupted"
-  assert finished_steps(interrupted, "gan")[-1] < 8
+  assert saved_steps(workdir, "gan")[-1] < STEPS and not saved_steps(workdir, "head")
 
-  out = run(train_command(interrupted, tfds_dir, *stage))
-  assert out.returncode == 0, out.stderr[-3000:]
-  assert finished_steps(interrupted, "gan")[-1] == finished_steps(uninterrupted, "gan")[-1] == 8
-  a, b = final_state(uninterrupted, "gan"), final_state(interrupted, "gan")
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
-
-  # Rerunning a finished stage does nothing but say so.
-  out = run(train_command(interrupted, tfds_dir, *stage))
-  assert out.returncode == 0 and "finished earlier" in out.stdout, out.stdout + out.stderr
-
-
-def test_all_stages_then_config_change_is_refused(tmp_path, tfds_dir):
-  workdir = tmp_path / "run"
   out = run(train_command(workdir, tfds_dir))
   assert out.returncode == 0, out.stderr[-3000:]
-  for stage in ("temporal", "gan", "head"):
-    assert finished_steps(workdir, stage), stage
-    assert (workdir / "checkpoints" / stage / "best").is_dir()
-    assert (workdir / "samples" / f"{stage}.png").is_file()
-  assert any((workdir / "tensorboard").iterdir())
+  assert "stage temporal: finished earlier" in out.stdout
+  for stage in STAGES:
+    assert saved_steps(workdir, stage)[-1] == STEPS
+    for a, b in zip(jax.tree.leaves(final_state(trained, stage)),
+                    jax.tree.leaves(final_state(workdir, stage))):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=stage)
 
-  # A different learning rate on the same workdir is an error naming the change ...
+
+def test_config_change_is_refused_unless_allowed(trained, tfds_dir, tmp_path):
+  workdir = tmp_path / "changed"
+  shutil.copytree(trained, workdir)
   changed = train_command(workdir, tfds_dir, "--config.train.learning_rate=0.1",
-                          "--config.train.num_epochs=3")
+                          "--config.train.num_epochs=3", "--config.train.stages=(\"temporal\",)")
   out = run(changed)
   assert out.returncode == 2, out.stderr[-3000:]
-  assert "learning_rate" in out.stderr and "Traceback" not in out.stderr
-  assert len(out.stderr.strip().splitlines()) == 1
-  # ... unless explicitly allowed: then the stages go on for the extra epoch.
+  assert out.stderr.strip().splitlines() == [
+      f"error: {workdir}/checkpoints/temporal: the config differs from the checkpoint's "
+      "(train.learning_rate: 0.0002 -> 0.1; train.num_epochs: 2 -> 3); "
+      "pass --allow_config_change to resume anyway"]
+  # Allowed, the finished stage goes on for the extra epoch.
   out = run(changed + ["--allow_config_change"])
   assert out.returncode == 0, out.stderr[-3000:]
+  assert saved_steps(workdir, "temporal")[-1] == 3 * STEPS // 2
 
 
 def test_stage_alone_needs_earlier_checkpoints(tmp_path, tfds_dir):

@@ -6,6 +6,7 @@ import os
 from typing import Any, Mapping, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -66,5 +67,8 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
   """Copies a pytree (parameters, optimizer state) onto every device of the mesh.
 
   Always a copy: train steps donate their state, which must not delete the caller's arrays.
+  `may_alias=False` alone is not enough: onto several devices, the shard on the source device
+  still shares the caller's buffer, so each leaf is copied first.
   """
-  return jax.device_put(tree, replicated(mesh), may_alias=False)
+  return jax.device_put(jax.tree.map(lambda x: jnp.array(x, copy=True), tree),
+                        replicated(mesh), may_alias=False)

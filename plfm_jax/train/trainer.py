@@ -31,6 +31,7 @@ from plfm_jax.errors import InputError
 from plfm_jax.train import checkpointing
 from plfm_jax.train import logs
 from plfm_jax.train import parallel
+from plfm_jax.train import restore
 from plfm_jax.train import steps
 
 # Config fields that may differ between a checkpoint and the run resuming it.
@@ -131,25 +132,10 @@ class StageRunner:
           series_length=self.config.data.series_length, head_inputs=self.config.model.head_inputs)
     return self._fresh_variables
 
-  def stage_template(self, spec: steps.StageSpec) -> tuple[dict, dict]:
-    """(initial state, optimizers) of a stage, built from fresh variables."""
-    optimizers = steps.make_optimizers(self.config.train, spec)
-    return steps.init_state(self.fresh_variables(), spec, optimizers), optimizers
-
-  def best_variables(self, component: str) -> dict:
-    """A component's variables from the best checkpoint of the stage that trains it."""
-    stage = steps.COMPONENT_STAGE[component]
-    ckpts = checkpointing.StageCheckpoints(self.workdir, stage)
-    try:
-      template, _ = self.stage_template(steps.STAGES[stage])
-      restored = ckpts.latest(checkpointing.abstract_like(template, self.replicated), best=True)
-    finally:
-      ckpts.close()
-    if restored is None:
-      raise InputError(self.workdir / "checkpoints" / stage,
-                       f"no best checkpoint of stage {stage!r}, which provides the {component}; "
-                       f"run that stage first (--config.train.stages={stage})")
-    return restored[0]["variables"][component]
+  def best_variables(self, components) -> dict:
+    """Variables of `components` from the best checkpoints of the stages that train them."""
+    return restore.best_variables(self.config, self.workdir, components, models=self.models,
+                                  sharding=self.replicated)
 
   # ---- data ------------------------------------------------------------------------------------
 
@@ -177,12 +163,10 @@ class StageRunner:
 
   def run_stage(self, spec: steps.StageSpec) -> None:
     cfg = self.config.train
-    state, optimizers = self.stage_template(spec)
-    for component in spec.warm_start:
-      state["variables"][component] = self.best_variables(component)
-    state = steps.init_state(state["variables"], spec, optimizers)
-    frozen = parallel.replicate({c: self.best_variables(c) for c in spec.frozen}, self.mesh)
-    state = parallel.replicate(state, self.mesh)
+    optimizers = steps.make_optimizers(cfg, spec)
+    variables = {**self.fresh_variables(), **self.best_variables(spec.warm_start)}
+    state = parallel.replicate(steps.init_state(variables, spec, optimizers), self.mesh)
+    frozen = parallel.replicate(self.best_variables(spec.frozen), self.mesh)
     progress = {"epoch": 0, "best_loss": math.inf, "bad_epochs": 0, "data_state": None}
 
     ckpts = checkpointing.StageCheckpoints(self.workdir, spec.name, keep=cfg.keep_checkpoints)
@@ -195,7 +179,7 @@ class StageRunner:
         ckpts.close()
         raise InputError(self.workdir / "checkpoints" / spec.name,
                          "the config differs from the checkpoint's (" + "; ".join(changes)
-                         + "); pass --allow-config-change to resume anyway")
+                         + "); pass --allow_config_change to resume anyway")
 
     steps_per_epoch = cfg.steps_per_epoch
     if steps_per_epoch <= 0:
