@@ -18,7 +18,16 @@ class InputError(Exception):
   def __init__(self, path: str | os.PathLike, problem: str):
     self.path = os.fspath(path)
     self.problem = problem
-    super().__init__(f"{self.path}: {problem}")
+    super().__init__(printable(f"{self.path}: {problem}"))
+
+
+def printable(text: str) -> str:
+  """`text` as one printable line: anything else is escaped as Python writes it (`\\n`).
+
+  File names may hold line breaks, control characters and undecodable bytes (which Python
+  reads as lone surrogates that no UTF-8 stream can print).
+  """
+  return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 @contextlib.contextmanager

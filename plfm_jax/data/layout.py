@@ -25,6 +25,9 @@ MODALITY_FOLDERS = ("sen1", "sen2")
 # Which images each modality folder holds; each (zone, month, patch) needs exactly one of each.
 FOLDER_KINDS = {"sen1": ("VV",), "sen2": ("RGB", "CM")}
 
+# Records store the patch number as int32.
+MAX_PATCH = 2**31 - 1
+
 _MONTH_INDEX = {m: i for i, m in enumerate(MONTHS)}
 _TIFF_SUFFIXES = (".tif", ".tiff")
 _NAME_PATTERNS = {
@@ -83,7 +86,13 @@ def _month_order(months) -> tuple[str, ...]:
   return tuple(sorted(months, key=_MONTH_INDEX.__getitem__))
 
 
-def _visible(entries) -> list[pathlib.Path]:
+def _visible(folder: pathlib.Path, problems: _Problems) -> list[pathlib.Path] | None:
+  """The entries of `folder` that are not hidden, sorted; None once reported as unlistable."""
+  try:
+    entries = list(folder.iterdir())
+  except OSError as e:
+    problems.add(folder, f"cannot list folder ({e.strerror or type(e).__name__})")
+    return None
   # Hidden entries (.DS_Store, ._image_VV_... AppleDouble files, .ipynb_checkpoints) are not data.
   return sorted(p for p in entries if not p.name.startswith("."))
 
@@ -118,7 +127,10 @@ def _zone_files(zone_dir: pathlib.Path, folder: str, problems: _Problems
                 ) -> dict[tuple[str, str, int], list[pathlib.Path]]:
   """Maps (kind, month, patch) to the files of one modality's zone folder."""
   found = collections.defaultdict(list)
-  tiffs = [p for p in _visible(zone_dir.iterdir()) if p.is_file() and _is_tiff(p)]
+  entries = _visible(zone_dir, problems)
+  if entries is None:
+    return found
+  tiffs = [p for p in entries if p.is_file() and _is_tiff(p)]
   if not tiffs:
     problems.add(zone_dir, "empty zone folder: no .tif files")
   for path in tiffs:
@@ -130,13 +142,21 @@ def _zone_files(zone_dir: pathlib.Path, folder: str, problems: _Problems
     # Case-insensitive matching tolerates `image_rgb_..._jan_...`; store the canonical spellings.
     kind = match["kind"].upper()
     month = match["month"].capitalize()
-    found[(kind, month, int(match["patch"]))].append(path)
+    patch = int(match["patch"])
+    if patch > MAX_PATCH:
+      problems.add(path, f"patch number {patch} is too large (at most {MAX_PATCH})")
+      continue
+    found[(kind, month, patch)].append(path)
   return found
 
 
-def _zone_folders(modality_dir: pathlib.Path, problems: _Problems) -> dict[str, pathlib.Path]:
-  """The zone folders of sen1/ or sen2/ by name; TIFFs lying there directly are misplaced."""
-  entries = _visible(modality_dir.iterdir())
+def _zone_folders(modality_dir: pathlib.Path, problems: _Problems
+                  ) -> dict[str, pathlib.Path] | None:
+  """The zone folders of sen1/ or sen2/ by name (None if unlistable); TIFFs lying there directly
+  are misplaced."""
+  entries = _visible(modality_dir, problems)
+  if entries is None:
+    return None
   for path in entries:
     if path.is_file() and _is_tiff(path):
       problems.add(path, f"TIFF file directly in {modality_dir.name}/; "
@@ -192,7 +212,10 @@ def _scan_zone(split: str, zone: str, dirs: dict[str, pathlib.Path], series_leng
 
 def _scan_split(split: str, split_dir: pathlib.Path, scan: Scan, series_length: int,
                 problems: _Problems) -> None:
-  if not _visible(split_dir.iterdir()):
+  entries = _visible(split_dir, problems)
+  if entries is None:
+    return
+  if not entries:
     problems.add(split_dir, "empty split folder: expected sen1/ and sen2/")
     return
   missing = [m for m in MODALITY_FOLDERS if not (split_dir / m).is_dir()]
@@ -200,6 +223,9 @@ def _scan_split(split: str, split_dir: pathlib.Path, scan: Scan, series_length: 
     problems.add(split_dir, f"split folder has no {' and no '.join(m + '/' for m in missing)}")
     return
   zones = {m: _zone_folders(split_dir / m, problems) for m in MODALITY_FOLDERS}
+  if any(z is None for z in zones.values()):
+    # Every zone would look missing on the unlistable side; that folder is reported already.
+    return
   for zone in sorted(zones["sen1"].keys() | zones["sen2"].keys()):
     lacking = [m for m in MODALITY_FOLDERS if zone not in zones[m]]
     if lacking:
@@ -225,11 +251,16 @@ def scan_dataset(root: str | os.PathLike, *, series_length: int = 4,
   if series_length < 1:
     raise ValueError(f"series_length must be at least 1, got {series_length}")
   root = pathlib.Path(root)
-  split_dirs = _split_roots(root)
-  problems = _Problems(skip_invalid)
-  scan = Scan(root=root, splits={s: [] for s in split_dirs}, problems=problems.lines,
-              months_per_zone={})
-  for split, split_dir in split_dirs.items():
-    _scan_split(split, split_dir, scan, series_length, problems)
-    scan.splits[split].sort(key=lambda s: (s.zone, s.patch, _MONTH_INDEX[s.months[0]]))
+  try:
+    split_dirs = _split_roots(root)
+    problems = _Problems(skip_invalid)
+    scan = Scan(root=root, splits={s: [] for s in split_dirs}, problems=problems.lines,
+                months_per_zone={})
+    for split, split_dir in split_dirs.items():
+      _scan_split(split, split_dir, scan, series_length, problems)
+      scan.splits[split].sort(key=lambda s: (s.zone, s.patch, _MONTH_INDEX[s.months[0]]))
+  except OSError as e:
+    # Unlistable folders are reported where they are listed; what remains is a folder whose
+    # entries cannot even be looked at (no search permission): nothing in it can be read.
+    raise InputError(e.filename or root, f"cannot read ({e.strerror or type(e).__name__})") from e
   return scan

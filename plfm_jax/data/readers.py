@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import sys
+import threading
+
 import numpy as np
 import tifffile
 import tqdm
@@ -13,33 +16,89 @@ from plfm_jax.data.layout import Scan, Series
 from plfm_jax.errors import InputError
 
 
-def _read_tiff(path: str | os.PathLike) -> np.ndarray:
+class _TiffWarnings(logging.Filter):
+  """Takes the warnings tifffile logs while this thread reads a file, instead of printing them.
+
+  tifffile reads many damaged files after logging a warning (a missing strip becomes zeros, a
+  broken tag is dropped); such a file is reported as damaged rather than half read, and the
+  warnings, printed by Python's last-resort handler, would break the one-line error output.
+  """
+
+  def __init__(self):
+    super().__init__()
+    self.thread = threading.get_ident()
+    self.messages: list[str] = []
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.thread != self.thread or record.levelno < logging.WARNING:
+      return True
+    self.messages.append(record.getMessage())
+    return False
+
+
+def _first_line(text: str) -> str:
+  return text.strip().split("\n", 1)[0]
+
+
+def _read_tiff(path: str | os.PathLike, bands: int, what: str, image_size: int) -> np.ndarray:
+  """Decodes the first image of a TIFF as (H, W, bands), checking its declared shape first.
+
+  The shape in the header is checked before any pixel is decoded: a damaged header can declare
+  billions of pixels, whose allocation would exhaust the memory instead of naming the file.
+  """
+  capture = _TiffWarnings()
+  tifffile_log = logging.getLogger("tifffile")
+  tifffile_log.addFilter(capture)
+  shape_error = None
   try:
     with tifffile.TiffFile(path) as tif:
-      return tif.asarray()
+      if not tif.series:
+        raise InputError(path, "not a readable TIFF (it holds no image)")
+      declared = tif.series[0].shape
+      planar = _is_planar(path, declared, bands, what, image_size)
+      image = tif.series[0].asarray()
+  except InputError as e:
+    shape_error = e
   except Exception as e:  # pylint: disable=broad-except
     # tifffile reports damaged files through many types (TiffFileError, ValueError, zlib.error,
     # struct.error, OSError, ...); each one means the same thing to a user: this file is unusable.
-    raise InputError(path, f"not a readable TIFF ({type(e).__name__}: {e})") from e
-
-
-def _channels_last(path: str | os.PathLike, image: np.ndarray, bands: int, what: str,
-                   image_size: int) -> np.ndarray:
-  """Returns `image` as (H, W, bands) after checking its band count and size."""
+    raise InputError(path, f"not a readable TIFF ({type(e).__name__}: {_first_line(str(e))})"
+                     ) from e
+  finally:
+    tifffile_log.removeFilter(capture)
+  if capture.messages:
+    # Damage also explains a declared shape that looks wrong.
+    raise InputError(path, f"not a readable TIFF (damaged: {_first_line(capture.messages[0])})"
+                     ) from shape_error
+  if shape_error is not None:
+    raise shape_error
+  if image.shape != declared:
+    raise InputError(path, f"not a readable TIFF (declares shape {declared}, "
+                     f"decodes to {image.shape})")
   if image.ndim == 2:
-    image = image[..., None]
-  elif image.ndim == 3 and image.shape[-1] != bands and image.shape[0] < image.shape[-1]:
-    # Planar files (bands, H, W): the band axis is the short one.
-    image = np.moveaxis(image, 0, -1)
-  elif image.ndim != 3:
+    return image[..., None]
+  return np.moveaxis(image, 0, -1) if planar else image
+
+
+def _is_planar(path: str | os.PathLike, shape: tuple[int, ...], bands: int, what: str,
+               image_size: int) -> bool:
+  """Whether an image of `shape` stores its bands first; raises unless it is one `what` image
+  of `bands` bands and image_size x image_size pixels."""
+  if len(shape) == 2:
+    shape = (*shape, 1)
+  elif len(shape) != 3:
     raise InputError(path, f"expected a {what} image of {image_size} x {image_size} pixels, "
-                     f"found an array of shape {image.shape}")
-  if image.shape[-1] != bands:
-    raise InputError(path, f"expected {bands} band(s) ({what}), found {image.shape[-1]}")
-  if image.shape[:2] != (image_size, image_size):
+                     f"found an array of shape {tuple(shape)}")
+  # Planar files (bands, H, W): the band axis is the short one.
+  planar = shape[-1] != bands and shape[0] < shape[-1]
+  if planar:
+    shape = (*shape[1:], shape[0])
+  if shape[-1] != bands:
+    raise InputError(path, f"expected {bands} band(s) ({what}), found {shape[-1]}")
+  if shape[:2] != (image_size, image_size):
     raise InputError(path, f"expected {image_size} x {image_size} pixels, "
-                     f"found {image.shape[0]} x {image.shape[1]}")
-  return image
+                     f"found {shape[0]} x {shape[1]}")
+  return planar
 
 
 def _check_uint16(path: str | os.PathLike, image: np.ndarray, what: str) -> None:
@@ -49,21 +108,21 @@ def _check_uint16(path: str | os.PathLike, image: np.ndarray, what: str) -> None
 
 def read_rgb(path: str | os.PathLike, image_size: int = 256) -> np.ndarray:
   """Reads a Sentinel-2 RGB image (B4, B3, B2) as (H, W, 3) uint16; planar files are transposed."""
-  image = _channels_last(path, _read_tiff(path), 3, "R, G, B", image_size)
+  image = _read_tiff(path, 3, "R, G, B", image_size)
   _check_uint16(path, image, "RGB reflectance x 10000")
   return image
 
 
 def read_cm(path: str | os.PathLike, image_size: int = 256) -> np.ndarray:
   """Reads a Sentinel-2 QA60 cloud mask as (H, W) uint16."""
-  image = _channels_last(path, _read_tiff(path), 1, "QA60 cloud mask", image_size)
+  image = _read_tiff(path, 1, "QA60 cloud mask", image_size)
   _check_uint16(path, image, "QA60 cloud mask")
   return image[..., 0]
 
 
 def read_s1(path: str | os.PathLike, image_size: int = 256) -> np.ndarray:
   """Reads a Sentinel-1 VV backscatter image in dB as (H, W) float32; it must be all finite."""
-  image = _channels_last(path, _read_tiff(path), 1, "VV backscatter in dB", image_size)
+  image = _read_tiff(path, 1, "VV backscatter in dB", image_size)
   if not np.issubdtype(image.dtype, np.floating):
     raise InputError(path, f"expected VV backscatter in dB as floating point, found {image.dtype}")
   # Checked after the cast so that float64 values beyond the float32 range are caught too.

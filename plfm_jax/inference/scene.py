@@ -16,7 +16,6 @@ import contextlib
 import dataclasses
 import os
 import pathlib
-import shutil
 import sys
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -24,6 +23,7 @@ import jax
 import numpy as np
 import tqdm
 
+from plfm_jax import diskspace
 from plfm_jax import modeling
 from plfm_jax.data.normalize import (REFLECTANCE_SCALE, S2_NORMALIZATIONS, normalize_s2,
                                      s1_db_to_unit)
@@ -152,13 +152,6 @@ def _check_output(path: pathlib.Path, inputs: Iterable[pathlib.Path], overwrite:
       raise InputError(path, "is also an input; choose another output path")
     if not overwrite:
       raise InputError(path, "exists; pass --overwrite to replace it")
-
-
-def _check_disk_space(folder: pathlib.Path, needed: int) -> None:
-  free = shutil.disk_usage(folder).free
-  if free < needed:
-    raise InputError(folder, f"needs up to {needed / 2**20:.0f} MiB for the output, "
-                     f"only {free / 2**20:.0f} MiB free")
 
 
 def _mask_rows(rasters: Mapping[str, Any], start: int, stop: int, cloudy: np.ndarray,
@@ -307,7 +300,7 @@ def predict_scene(inputs: SceneInputs, out: str | os.PathLike, model: TileModel,
     if mask_out is not None:
       needed[mask_out.parent.resolve()] += height * width
     for folder, size in needed.items():
-      _check_disk_space(folder, size)
+      diskspace.check_free_space(folder, size, "the output")
     grid = tiling.TileGrid(height, width, model.tile_size, overlap)
     bar = stack.enter_context(tqdm.tqdm(total=len(grid), unit="window", desc="predicting",
                                         file=sys.stderr, disable=not progress))

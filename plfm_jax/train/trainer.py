@@ -39,8 +39,19 @@ _RESUMABLE_CHANGES = ("train.stages", "train.num_devices", "data.worker_count", 
                       "data.manual_dir")
 
 
-class TrainingDiverged(RuntimeError):
-  """A non-finite loss; the stage stops and its last good checkpoint stays."""
+class TrainingDiverged(InputError):
+  """A non-finite loss; the stage stops and its last good checkpoint stays.
+
+  An InputError (one line, exit status 2, no traceback) because what the user must change is an
+  input: the config (learning rate, loss weights) or the data.
+  """
+
+  def __init__(self, stage_dir: pathlib.Path, what: str, step: int, good_step: int | None):
+    kept = ("no checkpoint was saved before it" if good_step is None else
+            f"kept the last good checkpoint, step {good_step}")
+    super().__init__(stage_dir, f"training diverged: {what} at step {step}; {kept}. Lower "
+                     "train.learning_rate or check the data, then rerun to resume (with "
+                     "--allow_config_change for a changed config)")
 
 
 def config_dict(config: ml_collections.ConfigDict) -> dict:
@@ -170,6 +181,7 @@ class StageRunner:
     progress = {"epoch": 0, "best_loss": math.inf, "bad_epochs": 0, "data_state": None}
 
     ckpts = checkpointing.StageCheckpoints(self.workdir, spec.name, keep=cfg.keep_checkpoints)
+    stage_dir = self.workdir / "checkpoints" / spec.name
     current_config = config_dict(self.config)
     restored = ckpts.latest(checkpointing.abstract_like(state, self.replicated))
     if restored is not None:
@@ -177,7 +189,7 @@ class StageRunner:
       changes = config_changes(saved_config, current_config)
       if changes and not self.allow_config_change:
         ckpts.close()
-        raise InputError(self.workdir / "checkpoints" / spec.name,
+        raise InputError(stage_dir,
                          "the config differs from the checkpoint's (" + "; ".join(changes)
                          + "); pass --allow_config_change to resume anyway")
 
@@ -198,6 +210,8 @@ class StageRunner:
     train_step, validate = self._compile(spec, optimizers)
 
     step = int(state["step"])
+    if restored is not None:
+      print(f"stage {spec.name}: resuming from step {step} (epoch {progress['epoch']})")
     bar = tqdm(total=total_steps, initial=step, desc=spec.name, unit="step",
                disable=jax.process_index() != 0, dynamic_ncols=True)
     last_log, last_log_step = time.perf_counter(), step
@@ -208,12 +222,14 @@ class StageRunner:
         step += 1
         bar.update(1)
         epoch_end = step % steps_per_epoch == 0
-        if step % cfg.log_every_steps == 0 or epoch_end:
+        # Checked before every checkpoint too, so that no checkpoint holds a diverged state.
+        if (step % cfg.log_every_steps == 0 or epoch_end
+            or step % cfg.checkpoint_every_steps == 0):
           values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-          if not all(map(math.isfinite, values.values())):
-            raise TrainingDiverged(
-                f"stage {spec.name}: non-finite loss at step {step} ({values}); the last good "
-                f"checkpoint (step {ckpts.last.latest_step()}) is kept")
+          bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+          if bad:
+            raise TrainingDiverged(stage_dir, "non-finite " + ", ".join(
+                f"{k} ({v})" for k, v in bad.items()), step, ckpts.last.latest_step())
           now = time.perf_counter()
           rate = (step - last_log_step) * self.config.batch_size / max(now - last_log, 1e-9)
           last_log, last_log_step = now, step
@@ -223,6 +239,9 @@ class StageRunner:
         if epoch_end:
           progress["epoch"] = step // steps_per_epoch
           loss = self.validate(spec, validate, {**frozen, **state["variables"]}, step)
+          if not math.isfinite(loss):
+            raise TrainingDiverged(stage_dir, f"non-finite validation loss ({loss})", step,
+                                   ckpts.last.latest_step())
           improved = loss < progress["best_loss"]
           if improved:
             progress["best_loss"], progress["bad_epochs"] = loss, 0

@@ -26,6 +26,7 @@ import tensorflow_datasets as tfds
 
 from plfm_jax.data.layout import MONTHS, Series, scan_dataset
 from plfm_jax.data.readers import read_series, validate_scan
+from plfm_jax.diskspace import check_free_space
 from plfm_jax.errors import InputError
 
 # Dates per series (docs/architecture.md: T = 4): three inputs and the target.
@@ -33,6 +34,9 @@ SERIES_LENGTH = 4
 SKIP_INVALID_ENV = "PLFM_SKIP_INVALID"
 
 _log = logging.getLogger(__name__)
+# What was skipped must reach the user even where library logs are silenced (train.py sets the
+# root logger to ERROR unless --debug).
+_log.setLevel(logging.WARNING)
 
 
 @dataclasses.dataclass(eq=False)
@@ -129,6 +133,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     size = self.builder_config.image_size
     scan = scan_dataset(dl_manager.manual_dir, series_length=SERIES_LENGTH,
                         skip_invalid=self._skip_invalid)
+    self._check_free_space([len(series) for series in scan.splits.values()])
     if self._skip_invalid:
       # Checking every file up front (they are read again to write them) lets a split that loses
       # all its series be left out: TFDS cannot write an empty split.
@@ -141,6 +146,18 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     if not splits:
       raise InputError(dl_manager.manual_dir, f"no complete series of {SERIES_LENGTH} months found")
     return {split: self._generate_examples(series) for split, series in splits.items()}
+
+  def _check_free_space(self, series_per_split: list[int]) -> None:
+    """Stops if the dataset will not fit, before any file is written (or validated, which reads
+    them all)."""
+    size = self.builder_config.image_size
+    # Uncompressed records: s2 3 x uint16, s1 float32, cm uint16 per pixel and date.
+    record = SERIES_LENGTH * size * size * (3 * 2 + 4 + 2)
+    # TFDS's shuffler spills a split of over 1 GB to temporary files before writing its shards:
+    # up to twice the largest split is on disk at once.
+    needed = record * (sum(series_per_split) + max(series_per_split, default=0))
+    check_free_space(self.data_dir_root, needed,
+                     f"building {self.name}/{self.builder_config.name}")
 
   def _generate_examples(self, series_list: list[Series]
                          ) -> Iterator[tuple[str, dict[str, np.ndarray | str | int]]]:
