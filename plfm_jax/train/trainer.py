@@ -251,6 +251,8 @@ class StageRunner:
                     + (" (best)" if improved else f" ({progress['bad_epochs']} without improvement)"))
           progress["data_state"] = train_iter.get_state()
           ckpts.save(step, state, progress, current_config, best=improved)
+          # The next rate measures training only, not validation and its compilation.
+          last_log, last_log_step = time.perf_counter(), step
           if finished():
             break
         elif step % cfg.checkpoint_every_steps == 0:
