@@ -1,0 +1,235 @@
+"""evaluate.py end to end on a tiny workdir trained by train.py on a synthetic dataset."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import ml_collections
+import numpy as np
+import pytest
+
+from plfm_jax.data import synthetic
+from plfm_jax.data import tfds_data
+from plfm_jax.errors import InputError
+from plfm_jax.evaluation import baselines
+from plfm_jax.evaluation import evaluate as evaluation
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SIZE = 32
+NUM_TEST = 5
+# Tiny widths at 32 px; the same on the train.py and evaluate.py command lines. lax.conv: XLA:CPU
+# compiles the models ~3x faster than with the shifted-matmul convolutions, which only pay off
+# at real sizes.
+MODEL = {"data.stored_size": SIZE, "data.image_size": SIZE, "model.temporal_features": (4, 4, 4),
+         "model.generator_features": 4, "model.discriminator_features": 4,
+         "model.head_features": 4, "model.conv_impl": "lax"}
+TRAIN = {"batch_size": 2, "train.num_epochs": 1, "train.steps_per_epoch": 2,
+         "train.validation_steps": 1}
+# Metrics that average over pixels alone: exactly equal images give exactly equal values. (SSIM's
+# windows reach across the cloud border, so its clear-area value also sees cloud pixels.)
+PIXELWISE = ("psnr", "rmse", "mae", "sam")
+
+
+def flags(overrides: dict) -> list[str]:
+  return [f"--config.{k}={''.join(str(v).split()) if isinstance(v, tuple) else v}"
+          for k, v in overrides.items()]
+
+
+def config(tfds_dir: pathlib.Path, **overrides) -> ml_collections.ConfigDict:
+  """configs/plfm.py:demo with the tiny settings, as evaluate.py builds it from its flags."""
+  spec = importlib.util.spec_from_file_location("plfm_config", REPO / "configs" / "plfm.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  cfg = module.get_config("demo")
+  for key, value in {**MODEL, **TRAIN, "data.tfds_dir": str(tfds_dir), **overrides}.items():
+    *parents, leaf = key.split(".")
+    node = cfg
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+  return cfg
+
+
+def run(*args: str, devices: int = 1) -> subprocess.CompletedProcess:
+  """A Python command of the repository, on `devices` (forced) CPU devices."""
+  env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+  return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=900,
+                        cwd=REPO, env=env)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path]:
+  """(workdir, tfds_dir): every stage trained for 2 steps."""
+  root = tmp_path_factory.mktemp("evaluation")
+  raw = synthetic.write_synthetic_dataset(
+      root / "raw", series_per_split={"training": 4, "validation": 2, "test": NUM_TEST},
+      image_size=SIZE)
+  tfds_data.ensure_built(root / "tfds", manual_dir=raw, image_size=SIZE)
+  out = run("train.py", "--config", "configs/plfm.py:demo", "--workdir", str(root / "work"),
+            f"--config.data.tfds_dir={root / 'tfds'}", *flags(MODEL), *flags(TRAIN))
+  assert out.returncode == 0, out.stderr[-3000:]
+  return root / "work", root / "tfds"
+
+
+def evaluate_command(workdir: pathlib.Path, tfds_dir: pathlib.Path, *extra: str) -> list[str]:
+  return ["evaluate.py", "--config", "configs/plfm.py:demo", "--workdir", str(workdir),
+          f"--config.data.tfds_dir={tfds_dir}", *flags(MODEL), "--config.batch_size=2", *extra]
+
+
+def read_rows(path: pathlib.Path) -> list[dict[str, str]]:
+  with open(path, newline="") as f:
+    return list(csv.DictReader(f))
+
+
+def by_method(rows: list[dict[str, str]], method: str) -> list[dict[str, str]]:
+  return sorted((r for r in rows if r["method"] == method), key=lambda r: int(r["index"]))
+
+
+@pytest.fixture(scope="module")
+def cli_output(trained) -> pathlib.Path:
+  """evaluate.py on the test split in batches of 2 over 2 devices: the last batch is padded."""
+  workdir, tfds_dir = trained
+  out = run(*evaluate_command(workdir, tfds_dir, "--num_panels", "5"), devices=2)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "PLFM fused" in out.stdout
+  return workdir / "eval" / "test"
+
+
+def test_writes_every_output(cli_output):
+  rows = read_rows(cli_output / "per_sample.csv")
+  assert len(rows) == NUM_TEST * len(baselines.METHODS)
+  assert list(rows[0])[:4] == ["index", "sample", "cloud_coverage", "method"]
+  for metric in ("psnr", "ssim", "sam", "rmse", "mae", "psnr_cloud", "ssim_clear",
+                 "shifted_psnr", "shifted_ssim", "shifted_uqi", "shifted_cc"):
+    assert metric in rows[0]
+  assert {r["method"] for r in rows} == set(baselines.METHODS)
+  samples = {r["index"]: r["sample"] for r in rows}
+  assert sorted(map(int, samples)) == list(range(NUM_TEST))
+  assert len(set(samples.values())) == NUM_TEST
+  assert all(s.startswith("zone_") and s.endswith("/Jan-Apr") for s in samples.values())
+
+  summary = json.loads((cli_output / "summary.json").read_text())
+  assert summary["num_samples"] == NUM_TEST and summary["split"] == "test"
+  assert summary["config_variant"] == "demo"
+  assert set(summary["metrics"]) == set(baselines.METHODS)
+  assert summary["clouds"]["seed"] == 0 and summary["clouds"]["coverage_range"] == [0.2, 0.6]
+  coverage = np.mean([float(r["cloud_coverage"]) for r in by_method(rows, "plfm_fused")])
+  assert summary["clouds"]["mean_coverage"] == pytest.approx(coverage, abs=1e-4)
+  assert 0.2 <= summary["clouds"]["mean_coverage"] <= 0.9
+  assert summary["fid"] == {"computed": False, "reason": "no --fid_weights given"}
+  assert summary["timing"]["total_seconds"] > 0 and summary["timing"]["device"] == "2 x cpu"
+  # Means in the summary are the means of the per-sample values.
+  fused = by_method(rows, "plfm_fused")
+  assert summary["metrics"]["plfm_fused"]["psnr_cloud"] == pytest.approx(
+      np.mean([float(r["psnr_cloud"]) for r in fused]), rel=1e-5)
+
+  table = (cli_output / "summary.md").read_text()
+  assert "| PLFM fused |" in table and "**" in table and "FID: not computed" in table
+  panels = sorted(p.name for p in (cli_output / "panels").iterdir())
+  assert panels == ["samples_0000-0003.png", "samples_0004-0004.png"]
+  assert not list(cli_output.parent.glob(".*")), "temporary folder left behind"
+
+
+def test_composite_equals_cloudy_input_outside_the_clouds(cli_output):
+  rows = read_rows(cli_output / "per_sample.csv")
+  cloudy, composite = by_method(rows, "cloudy_input"), by_method(rows, "plfm_composite")
+  fused = by_method(rows, "plfm_fused")
+  for a, b, c in zip(cloudy, composite, fused):
+    for metric in PIXELWISE:
+      assert a[f"{metric}_clear"] == b[f"{metric}_clear"], metric
+      # ... and the fused prediction under them.
+      assert b[f"{metric}_cloud"] == c[f"{metric}_cloud"], metric
+    assert float(a["rmse_clear"]) == 0.0 and float(a["psnr_clear"]) == float("inf")
+
+
+def test_same_samples_and_clouds_for_any_batch_size_and_devices(trained, cli_output):
+  """A TFDS slice of the whole split in batches of 4 (one padded) on one device scores the same
+  samples under the same clouds as batches of 2 on two devices."""
+  workdir, tfds_dir = trained
+  summary = evaluation.evaluate(config(tfds_dir, batch_size=4), workdir, split=f"test[:{NUM_TEST}]",
+                                num_panels=0)
+  out = workdir / "eval" / "test_-5"
+  assert summary["num_samples"] == NUM_TEST and (out / "summary.json").is_file()
+  assert not (out / "panels").exists()
+  rows, reference = read_rows(out / "per_sample.csv"), read_rows(cli_output / "per_sample.csv")
+  for method, rel in (("cloudy_input", 1e-5), ("persistence", 1e-5), ("temporal_mean", 1e-5),
+                      ("temporal_median", 1e-5), ("plfm_fused", 1e-3)):
+    # Other batch shapes compile to other float roundings (~1e-7), nothing more: a different
+    # cloud would change every score of the sample by percents.
+    for a, b in zip(by_method(rows, method), by_method(reference, method), strict=True):
+      assert (a["index"], a["sample"], a["cloud_coverage"]) == (
+          b["index"], b["sample"], b["cloud_coverage"])
+      metrics = [k for k in a if k not in ("index", "sample", "cloud_coverage", "method")]
+      assert [float(a[k]) for k in metrics] == pytest.approx([float(b[k]) for k in metrics],
+                                                             rel=rel), method
+
+  # --overwrite replaces the folder as a whole: no file of the previous run survives.
+  evaluation.evaluate(config(tfds_dir, batch_size=4), workdir, split=f"test[:{NUM_TEST}]",
+                      num_panels=1, overwrite=True)
+  assert [p.name for p in (out / "panels").iterdir()] == ["samples_0000-0000.png"]
+
+
+def test_existing_output_is_refused_without_overwrite(trained, cli_output):
+  workdir, tfds_dir = trained
+  before = (cli_output / "summary.json").stat().st_mtime_ns
+  out = run(*evaluate_command(workdir, tfds_dir))
+  assert out.returncode == 2
+  assert out.stderr.strip().splitlines() == [
+      f"error: {cli_output}: exists already; pass --overwrite to replace it"]
+  assert (cli_output / "summary.json").stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize("weights", ["missing.bin", "garbage.bin"])
+def test_unusable_fid_weights_are_one_line_errors(trained, tmp_path, weights):
+  workdir, tfds_dir = trained
+  (tmp_path / "garbage.bin").write_bytes(b"not inception weights")
+  out = run(*evaluate_command(workdir, tfds_dir, "--split", "validation",
+                              "--fid_weights", str(tmp_path / weights)))
+  assert out.returncode == 2, out.stderr[-3000:]
+  [line] = out.stderr.strip().splitlines()
+  assert line.startswith(f"error: {tmp_path / weights}: ")
+  assert not (workdir / "eval" / "validation").exists()
+
+
+def test_config_that_does_not_fit_the_checkpoints(trained):
+  workdir, tfds_dir = trained
+  with pytest.raises(InputError, match=r"model.head_features: 4 -> 8"):
+    evaluation.evaluate(config(tfds_dir, **{"model.head_features": 8}), workdir,
+                        split="validation")
+  # Numerics-only settings may differ; they are reported, not refused.
+  assert evaluation.check_config(config(tfds_dir, **{"model.time_loop": "scan"}), workdir) == [
+      "model.time_loop: 'unroll' -> 'scan'"]
+
+
+def test_untrained_workdir(tmp_path):
+  with pytest.raises(InputError, match="no trained model here"):
+    evaluation.evaluate(config(tmp_path / "tfds"), tmp_path / "nothing")
+
+
+def test_fid_gets_every_method_against_the_ground_truth(trained, monkeypatch, tmp_path):
+  """The FID plumbing, with a stand-in for metrics.fid (the Inception network is not built yet)."""
+  workdir, tfds_dir = trained
+  calls = []
+
+  def fake_fid(pred, target, weights):
+    calls.append((np.shape(pred), np.shape(target), weights))
+    return float(np.abs(np.asarray(pred) - np.asarray(target)).mean())
+
+  monkeypatch.setattr(evaluation.metrics, "fid", fake_fid)
+  weights = tmp_path / "inception.bin"
+  summary = evaluation.evaluate(config(tfds_dir, batch_size=4), workdir, split="validation[:2]",
+                                fid_weights=weights, num_panels=0)
+  # The up-front check, then one call per method over both validation samples.
+  assert len(calls) == 1 + len(baselines.METHODS)
+  assert all(c[:2] == ((2, SIZE, SIZE, 3),) * 2 and c[2] == weights for c in calls[1:])
+  values = summary["fid"]["values"]
+  assert summary["fid"]["computed"] and list(values) == list(baselines.METHODS)
+  assert 0 < values["cloudy_input"] < 1
+  text = (workdir / "eval" / "validation_-2" / "summary.md").read_text()
+  assert "FID (lower is better): cloudy input" in text
