@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 WORKDIR ?= workdir/demo
 
-.PHONY: demo test install clean-demo
+.PHONY: demo test bench install clean-demo
 
 $(INSTALLED): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,10 +18,16 @@ install: $(INSTALLED)
 
 demo: $(INSTALLED)
 	$(PY) train.py --config configs/plfm.py:demo --workdir $(WORKDIR)
-	@echo "demo done: sample panels in $(WORKDIR)/samples/, TensorBoard logs in $(WORKDIR)/tensorboard/"
+	$(PY) evaluate.py --config configs/plfm.py:demo --workdir $(WORKDIR) --split test --overwrite
+	@echo "demo done: $(WORKDIR)/samples/head.png (cloudy | prediction | ground truth), $(WORKDIR)/eval/test/summary.md"
 
 test: $(INSTALLED)
 	$(PY) -m pytest -q
+
+# Train-step, inference and input-pipeline benchmark (issue 7; bench/README.md): about 20 minutes
+# on 2 CPU cores; writes bench/results/<machine>.json and prints a table. BENCH_FLAGS=--quick etc.
+bench: $(INSTALLED)
+	$(PY) -m bench.run $(BENCH_FLAGS)
 
 clean-demo:
 	rm -rf $(WORKDIR)
