@@ -19,6 +19,18 @@ SAMPLE_ROOT = pathlib.Path(
     os.environ.get("PLFM_SAMPLE_ROOT", REPO_ROOT.parent / "shared" / "data" / "plfm_sample"))
 
 
+# GeoTIFF tags of a UTM zone 32N grid of 10 m pixels as GDAL writes it (scale + tiepoint), as
+# tifffile `extratags` (code, type, count, value, write once).
+GEOKEYS = (1, 1, 0, 4, 1024, 0, 1, 1, 1025, 0, 1, 1, 1026, 34737, 22, 0, 3072, 0, 1, 32632)
+GEO_TAGS = [
+    (33550, 12, 3, (10.0, 10.0, 0.0), True),
+    (33922, 12, 6, (0.0, 0.0, 0.0, 399960.0, 5000040.0, 0.0), True),
+    (34735, 3, len(GEOKEYS), GEOKEYS, True),
+    (34736, 12, 2, (6378137.0, 298.257223563), True),
+    (34737, 2, None, "WGS 84 / UTM zone 32N|", True),
+    (42113, 2, None, "0", True),
+]
+
 # The first zone the synthetic writer creates.
 SYNTHETIC_ZONE = "zone_1_a"
 

@@ -21,18 +21,11 @@ from plfm_jax.errors import InputError
 from plfm_jax.inference import geotiff, scene
 from plfm_jax.train import checkpointing, steps, trainer
 
+from conftest import GEO_TAGS
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 HEIGHT, WIDTH = 700, 913
 TILE = 64
-GEOKEYS = (1, 1, 0, 4, 1024, 0, 1, 1, 1025, 0, 1, 1, 1026, 34737, 22, 0, 3072, 0, 1, 32632)
-GEO_TAGS = [
-    (33550, 12, 3, (10.0, 10.0, 0.0), True),
-    (33922, 12, 6, (0.0, 0.0, 0.0, 399960.0, 5000040.0, 0.0), True),
-    (34735, 3, len(GEOKEYS), GEOKEYS, True),
-    (34736, 12, 2, (6378137.0, 298.257223563), True),
-    (34737, 2, None, "WGS 84 / UTM zone 32N|", True),
-    (42113, 2, None, "0", True),
-]
 
 
 def write(path: pathlib.Path, image: np.ndarray, tags=GEO_TAGS) -> pathlib.Path:
