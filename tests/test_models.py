@@ -13,7 +13,7 @@ import pytest
 
 from plfm_jax import modeling
 from plfm_jax.models import ConvLSTM2D, PatchDiscriminator, TemporalBranch, UNet
-from plfm_jax.models.unet import upsample2x
+from plfm_jax.models.conv import upsample2x
 
 
 def np_conv_same(x: np.ndarray, w: np.ndarray) -> np.ndarray:

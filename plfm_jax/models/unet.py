@@ -16,13 +16,6 @@ BN_EPSILON = 1e-3
 LEAKY_SLOPE = 0.2
 
 
-def upsample2x(x: jax.Array) -> jax.Array:
-  """Keras UpSampling2D(2): nearest neighbour, (B, H, W, C) -> (B, 2H, 2W, C)."""
-  b, h, w, c = x.shape
-  x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c))
-  return x.reshape(b, 2 * h, 2 * w, c)
-
-
 def down_widths(features: int, depth: int) -> list[int]:
   """Encoder widths of pix2pix: features * (1, 2, 4, 8, 8, ...)."""
   return [features * min(2**i, 8) for i in range(depth)]
@@ -57,9 +50,9 @@ class UNet(nn.Module):
       raise ValueError(f"U-Net of depth {self.depth} needs H and W divisible by {size}, "
                        f"got {x.shape[1]}x{x.shape[2]}")
 
-    def conv(features: int, strides: int = 1) -> Conv:
-      return Conv(features, kernel_size=4, strides=strides, impl=self.impl, dtype=self.dtype,
-                  param_dtype=self.param_dtype)
+    def conv(features: int, strides: int = 1, upsample: bool = False) -> Conv:
+      return Conv(features, kernel_size=4, strides=strides, upsample=upsample, impl=self.impl,
+                  dtype=self.dtype, param_dtype=self.param_dtype)
 
     def batch_norm() -> nn.BatchNorm:
       return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
@@ -73,6 +66,6 @@ class UNet(nn.Module):
         x = batch_norm()(x)
       skips.append(x)
     for features, skip in zip(widths[-2::-1], skips[-2::-1]):
-      x = nn.relu(conv(features)(upsample2x(x)))
+      x = nn.relu(conv(features, upsample=True)(x))
       x = jnp.concatenate([batch_norm()(x), skip], axis=-1)
-    return nn.tanh(conv(self.out_features)(upsample2x(x)))
+    return nn.tanh(conv(self.out_features, upsample=True)(x))
