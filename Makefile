@@ -22,7 +22,7 @@ demo: $(INSTALLED)
 	@echo "demo done: $(WORKDIR)/samples/head.png (cloudy | prediction | ground truth), $(WORKDIR)/eval/test/summary.md"
 
 test: $(INSTALLED)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 # Train-step, inference and input-pipeline benchmark (issue 7; bench/README.md): about 20 minutes
 # on 2 CPU cores; writes bench/results/<machine>.json and prints a table. BENCH_FLAGS=--quick etc.
