@@ -15,8 +15,9 @@ prediction. Where the reference code's own metric functions are defective or amb
 follow the published definitions instead (see `shifted_metrics`), so its numbers are not
 reproduced digit for digit.
 
-FID: `frechet_distance` and `feature_statistics` are complete; `fid` validates its inputs but has
-no Inception network yet (see there).
+FID (`fid`, `fid_features`, `fid_from_features`): pytorch-fid's Inception-v3 pool3 features
+(`plfm_jax.inception`) from a weights file the user supplies (docs/fid.md), and the Frechet
+distance of their Gaussian statistics.
 
 Internally images are channels-first, (B, C, H, W), so that the sliding-window filters run along
 contiguous memory. Several constructs below look roundabout but are there because XLA:CPU ran the
@@ -34,8 +35,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 import numpy as np
-import scipy.linalg
 
+from plfm_jax import inception
 from plfm_jax.errors import InputError
 
 # Local variances come from E[x^2] - E[x]^2 in float32, whose rounding error is a few ulps of
@@ -424,17 +425,23 @@ def shifted_metrics(pred: jax.Array, target: jax.Array, *, border: int = 5,
 # Frechet Inception Distance.
 
 
+def _feature_matrix(features: np.ndarray) -> np.ndarray:
+  """(N, D) features as float64, checked for N >= 2."""
+  features = np.asarray(features, np.float64)
+  if features.ndim != 2:
+    raise ValueError(f"features must be (N, D), got shape {features.shape}")
+  if features.shape[0] < 2:
+    raise ValueError(f"FID statistics need at least 2 feature vectors, got {features.shape[0]}")
+  return features
+
+
 def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """Mean (D,) and covariance (D, D) of (N, D) feature vectors, in float64.
 
   Needs N >= 2: one sample has no covariance, which is why the reference's one-image FID cannot
   work. Meaningful FIDs need N well above D (2048 for Inception pool features).
   """
-  features = np.asarray(features, np.float64)
-  if features.ndim != 2:
-    raise ValueError(f"features must be (N, D), got shape {features.shape}")
-  if features.shape[0] < 2:
-    raise ValueError(f"FID statistics need at least 2 feature vectors, got {features.shape[0]}")
+  features = _feature_matrix(features)
   return features.mean(axis=0), np.cov(features, rowvar=False)
 
 
@@ -445,6 +452,8 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
   tr((S1 S2)^(1/2)) is the sum of square roots of the eigenvalues of S1^(1/2) S2 S1^(1/2), a
   symmetric PSD matrix with the same spectrum: a real, stable eigendecomposition instead of
   sqrtm on a non-symmetric product, which returns complex noise for singular covariances.
+  NumPy's eigh (LAPACK's divide and conquer): for D = 2048 on a 2-core CPU it took 2 s where
+  scipy's default driver took 16 s.
   """
   mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
   sigma1 = np.atleast_2d(np.asarray(sigma1, np.float64))
@@ -453,28 +462,66 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
   if mu1.shape != (d,) or mu2.shape != (d,) or sigma1.shape != (d, d) or sigma2.shape != (d, d):
     raise ValueError(f"expected means (D,) and covariances (D, D); got {mu1.shape}, "
                      f"{sigma1.shape}, {mu2.shape}, {sigma2.shape}")
-  values, vectors = scipy.linalg.eigh(sigma1)
+  values, vectors = np.linalg.eigh(sigma1)
   root1 = (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
   middle = root1 @ sigma2 @ root1
-  middle_values = scipy.linalg.eigvalsh((middle + middle.T) / 2.0)
+  middle_values = np.linalg.eigvalsh((middle + middle.T) / 2.0)
   trace_root = np.sqrt(np.clip(middle_values, 0.0, None)).sum()
   diff = mu1 - mu2
   return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_root)
 
 
 def fid_from_features(pred_features: np.ndarray, target_features: np.ndarray) -> float:
-  """FID between two sets of (N, D) feature vectors (N >= 2 each)."""
-  return frechet_distance(*feature_statistics(pred_features), *feature_statistics(target_features))
+  """FID between two sets of (N, D) feature vectors (N >= 2 each).
+
+  With fewer vectors than dimensions in either set (any evaluation split of under 2048 samples),
+  the trace term comes exactly from a small SVD instead of two D x D eigendecompositions: with
+  S = A^T A for the centred features A scaled by 1 / sqrt(N - 1), the non-zero eigenvalues of
+  S1 S2 = A1^T (A1 A2^T) A2 are those of (A1 A2^T)(A1 A2^T)^T, so tr((S1 S2)^(1/2)) is the sum
+  of the singular values of the N1 x N2 matrix A1 A2^T.
+  """
+  pred, target = _feature_matrix(pred_features), _feature_matrix(target_features)
+  if pred.shape[1] != target.shape[1]:
+    raise ValueError(f"feature sets differ in length: {pred.shape[1]} and {target.shape[1]}")
+  if min(len(pred), len(target)) >= pred.shape[1]:
+    return frechet_distance(*feature_statistics(pred), *feature_statistics(target))
+  a1, a2 = ((x - x.mean(axis=0)) / np.sqrt(len(x) - 1) for x in (pred, target))
+  diff = pred.mean(axis=0) - target.mean(axis=0)
+  trace_root = np.linalg.svd(a1 @ a2.T, compute_uv=False).sum()
+  return float(diff @ diff + (a1 * a1).sum() + (a2 * a2).sum() - 2.0 * trace_root)
+
+
+@functools.lru_cache(maxsize=1)
+def _load_inception(path: str) -> inception.Params:
+  return inception.load_inception(path)
+
+
+def load_fid_weights(inception_weights: str | os.PathLike | None) -> inception.Params:
+  """The Inception-v3 parameters of a weights file (docs/fid.md), cached per path.
+
+  Raises:
+    InputError: no file given (nothing is downloaded at run time) or an unusable file.
+  """
+  if inception_weights is None:
+    raise InputError("--fid_weights", "FID needs an Inception-v3 weights file; none is "
+                     "downloaded at run time (see docs/fid.md)")
+  return _load_inception(os.fspath(inception_weights))
+
+
+def fid_features(images: np.ndarray, inception_weights: str | os.PathLike | None, *,
+                 batch_size: int = 32) -> np.ndarray:
+  """(N, 2048) Inception pool3 features of (N, H, W, 3) images in [0, 1], resized to 299."""
+  return inception.extract_features(load_fid_weights(inception_weights), images,
+                                    batch_size=batch_size)
 
 
 def fid(pred_images: np.ndarray, target_images: np.ndarray,
         inception_weights: str | os.PathLike | None) -> float:
   """Frechet Inception Distance between two image sets, (N, H, W, 3) in [0, 1], N >= 2 each.
 
-  Needs an Inception-v3 weights file from the user; nothing is downloaded at run time.
-  NOT DONE: the Inception-v3 network that would turn images into pool features is not implemented
-  yet, so after validating its inputs this raises NotImplementedError. Use `fid_from_features`
-  with features from any extractor meanwhile.
+  pytorch-fid's network and preprocessing (`plfm_jax.inception`) with the user's weights file;
+  nothing is downloaded at run time. To compare several sets with one reference, take
+  `fid_features` of each once and call `fid_from_features`.
   """
   for name, images in (("pred_images", pred_images), ("target_images", target_images)):
     shape = np.shape(images)
@@ -483,14 +530,5 @@ def fid(pred_images: np.ndarray, target_images: np.ndarray,
     if shape[0] < 2:
       raise ValueError(f"FID compares image sets and needs at least 2 images per set ({name} has "
                        f"{shape[0]}): the covariance of one sample is undefined")
-  if inception_weights is None:
-    raise InputError("--fid-weights", "FID needs an Inception-v3 weights file; none is "
-                     "downloaded at run time")
-  try:
-    with open(inception_weights, "rb") as f:
-      f.read(1)
-  except OSError as e:
-    raise InputError(inception_weights,
-                     f"cannot read the Inception weights file: {e.strerror or e}") from None
-  raise NotImplementedError("the Inception-v3 feature extractor is not implemented yet; compute "
-                            "features with your own extractor and call fid_from_features")
+  return fid_from_features(fid_features(pred_images, inception_weights),
+                           fid_features(target_images, inception_weights))

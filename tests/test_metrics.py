@@ -346,17 +346,26 @@ def test_fid_from_features_needs_two_samples_per_set():
     metrics.fid_from_features(features[:1], features)
 
 
+def test_fid_from_features_with_fewer_samples_than_dimensions_matches_the_statistics():
+  rng = np.random.default_rng(12)
+  pred, target = rng.standard_normal((5, 8)), 2.0 * rng.standard_normal((4, 8)) + 0.5
+  want = metrics.frechet_distance(*metrics.feature_statistics(pred),
+                                  *metrics.feature_statistics(target))
+  assert metrics.fid_from_features(pred, target) == pytest.approx(want, rel=1e-6)
+  assert metrics.fid_from_features(pred, pred) == pytest.approx(0.0, abs=1e-12)
+
+
 def test_fid_refuses_single_images_and_missing_weights(tmp_path):
   images = np.zeros((2, 8, 8, 3), np.float32)
   with pytest.raises(ValueError, match="at least 2 images"):
     metrics.fid(images[:1], images, "weights.npz")
   with pytest.raises(InputError) as missing_option:
     metrics.fid(images, images, None)
-  assert missing_option.value.path == "--fid-weights"
+  assert missing_option.value.path == "--fid_weights"
   with pytest.raises(InputError) as missing_file:
     metrics.fid(images, images, tmp_path / "absent.npz")
   assert missing_file.value.path == str(tmp_path / "absent.npz")
   weights = tmp_path / "inception.npz"
   weights.write_bytes(b"\0")
-  with pytest.raises(NotImplementedError, match="fid_from_features"):
+  with pytest.raises(InputError, match="not an .npz"):
     metrics.fid(images, images, weights)

@@ -83,19 +83,6 @@ def check_config(config: ml_collections.ConfigDict, workdir: str | pathlib.Path)
   return [c for c in changes if field(c).startswith("model.")]
 
 
-def check_fid_weights(fid_weights: str | pathlib.Path) -> None:
-  """Fails before the evaluation runs, not after, when FID cannot be computed with `fid_weights`.
-
-  Asks `metrics.fid` itself, on two blank images, so that this check and the real computation
-  accept exactly the same files.
-  """
-  blank = np.zeros((2, 16, 16, 3), np.float32)
-  try:
-    metrics.fid(blank, blank, fid_weights)
-  except NotImplementedError as e:
-    raise InputError(fid_weights, f"FID cannot be computed: {e}") from None
-
-
 def _sample_name(record: Mapping[str, Any]) -> str:
   zone = record["zone"]
   zone = zone.decode() if isinstance(zone, bytes) else str(zone)
@@ -203,7 +190,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
   if out.exists() and not overwrite:
     raise InputError(out, "exists already; pass --overwrite to replace it")
   if fid_weights is not None:
-    check_fid_weights(fid_weights)
+    # Refuses unusable weights before the evaluation rather than after it; the FID below then
+    # takes them from metrics' cache.
+    metrics.load_fid_weights(fid_weights)
   config_notes = check_config(config, workdir)
   for note in config_notes:
     print(f"note: evaluating with a model setting that differs from training: {note}")
@@ -229,9 +218,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
 
   fid = {"computed": False, "reason": "no --fid_weights given"}
   if fid_weights is not None:
-    truth = results.all_images("ground_truth")
+    # The ground truth's features once, not once per method: the network is the costly part.
+    truth = metrics.fid_features(results.all_images("ground_truth"), fid_weights)
     fid = {"computed": True, "inception_weights": str(fid_weights),
-           "values": {m: metrics.fid(results.all_images(m), truth, fid_weights)
+           "values": {m: metrics.fid_from_features(
+               metrics.fid_features(results.all_images(m), fid_weights), truth)
                       for m in baselines.METHODS}}
 
   clouds = config.data.clouds
