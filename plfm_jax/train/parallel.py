@@ -8,7 +8,7 @@ from typing import Any, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
 
@@ -34,7 +34,10 @@ def maybe_initialize_distributed() -> None:
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A 1-D data-parallel mesh over `devices` (default: every device of every process)."""
   devices = list(jax.devices() if devices is None else devices)
-  return Mesh(np.asarray(devices), (DATA_AXIS,))
+  # Auto axes: XLA propagates shardings from the inputs (Explicit, the default here, would make
+  # every op spell out its output sharding).
+  return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(AxisType.Auto,),
+                       devices=devices)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
