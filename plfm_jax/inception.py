@@ -35,6 +35,7 @@ import zlib
 from typing import Any, Mapping
 
 import flax.linen as nn
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -238,28 +239,6 @@ def _from_file_layout(key: str, array: np.ndarray) -> np.ndarray:
   return array.transpose(2, 3, 1, 0) if _is_conv_weight(key) else array
 
 
-def _flatten(params: Params, prefix: str = "") -> dict[str, Any]:
-  """{"a": {"b": x}} -> {"a.b": x}, in the tree's order (the network's)."""
-  flat = {}
-  for name, value in params.items():
-    if isinstance(value, dict):
-      flat.update(_flatten(value, f"{prefix}{name}."))
-    else:
-      flat[f"{prefix}{name}"] = value
-  return flat
-
-
-def _unflatten(flat: dict[str, Any]) -> Params:
-  params: Params = {}
-  for key, value in flat.items():
-    *parents, leaf = key.split(".")
-    node = params
-    for parent in parents:
-      node = node.setdefault(parent, {})
-    node[leaf] = value
-  return params
-
-
 @functools.cache
 def file_shapes() -> dict[str, tuple[int, ...]]:
   """Every key of the weights file and its shape in PyTorch's layout, in the network's order."""
@@ -267,7 +246,7 @@ def file_shapes() -> dict[str, tuple[int, ...]]:
   abstract = jax.eval_shape(FIDInceptionV3().init, jax.random.key(0), image)["params"]
   # Transposed zero-size views: the layouts come from the one function that converts arrays.
   return {key: _to_file_layout(key, np.broadcast_to(np.uint8(0), leaf.shape)).shape
-          for key, leaf in _flatten(abstract).items()}
+          for key, leaf in traverse_util.flatten_dict(abstract, sep=".").items()}
 
 
 def random_params(seed: int = 0) -> Params:
@@ -287,7 +266,7 @@ def random_params(seed: int = 0) -> Params:
     else:
       array = rng.normal(0.0, 0.1, shape)
     flat[key] = jnp.asarray(_from_file_layout(key, array), jnp.float32)
-  return _unflatten(flat)
+  return traverse_util.unflatten_dict(flat, sep=".")
 
 
 def write_weights_file(path: str | os.PathLike, arrays: Mapping[str, Any]) -> None:
@@ -299,8 +278,9 @@ def write_weights_file(path: str | os.PathLike, arrays: Mapping[str, Any]) -> No
 
 def save_inception(path: str | os.PathLike, params: Params) -> None:
   """Writes the network's `params` as a weights file (see the module docstring) at `path`."""
+  flat = traverse_util.flatten_dict(params, sep=".")
   write_weights_file(path, {key: _to_file_layout(key, np.asarray(value))
-                            for key, value in _flatten(params).items()})
+                            for key, value in flat.items()})
 
 
 def load_inception(path: str | os.PathLike) -> Params:
@@ -337,7 +317,7 @@ def load_inception(path: str | os.PathLike) -> Params:
       if not np.isfinite(array).all():
         raise InputError(path, f"array '{key}' holds NaN or infinite values")
       arrays[key] = jnp.asarray(_from_file_layout(key, array), jnp.float32)
-  return _unflatten(arrays)
+  return traverse_util.unflatten_dict(arrays, sep=".")
 
 
 # ---------------------------------------------------------------------------------------------

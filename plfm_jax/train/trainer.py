@@ -18,6 +18,7 @@ from typing import Any, Iterator, Mapping
 import jax
 import jax.numpy as jnp
 import ml_collections
+from flax import traverse_util
 import numpy as np
 from jax.experimental import multihost_utils
 from tqdm import tqdm
@@ -59,19 +60,10 @@ def config_dict(config: ml_collections.ConfigDict) -> dict:
   return json.loads(config.to_json())
 
 
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-  flat = {}
-  for key, value in d.items():
-    if isinstance(value, Mapping):
-      flat.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      flat[f"{prefix}{key}"] = value
-  return flat
-
-
 def config_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
   """`key: saved -> current` for every field that differs, except those safe to change on resume."""
-  saved, current = _flatten(saved), _flatten(current)
+  saved = traverse_util.flatten_dict(dict(saved), sep=".")
+  current = traverse_util.flatten_dict(dict(current), sep=".")
   return [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}"
           for k in sorted(set(saved) | set(current))
           if saved.get(k) != current.get(k) and k not in _RESUMABLE_CHANGES]
