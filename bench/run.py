@@ -1,0 +1,347 @@
+"""`make bench`: train-step speed vs a Keras re-creation of the reference, MFU, inference and
+input-pipeline throughput, peak memory; writes bench/results/<machine>.json and prints a table.
+
+Usage: .venv/bin/python -m bench.run [--quick] [--stages temporal,gan,head] [--repeats 5]
+       [--repeats-large 3] [--out FILE]
+
+Every measurement runs in its own worker process (JAX: bench/jax_steps.py and
+bench/input_pipeline.py; Keras/TensorFlow: bench/keras_reference.py), one after the other, so
+that the frameworks never share threads or a memory high-water mark, and JAX and Keras steps of
+a stage run back to back under the same machine load. Figures are medians over repeats after
+warm-up, with min and max; ratios compare medians of the same run. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any, Sequence
+
+from bench import measure
+
+STAGES = ("temporal", "gan", "head")
+# Our train step must beat the Keras reference by these factors (issue 7).
+SPEEDUP_TARGETS = {"temporal": 1.5, "gan": 1.5, "head": 1.0}
+# The input pipeline must deliver samples this many times faster than training consumes them.
+PIPELINE_TARGET = 10.0
+# Exact reference counts, params + BatchNorm statistics (REFERENCE.md section 1), paper widths.
+REFERENCE_PARAM_COUNTS = {"temporal": 1159139, "generator": 66626819,
+                          "discriminator": 11047809, "head": 4173635}
+FULL = {"batches": (1, 8), "peak_n": 4096, "inference_batch": 8, "pipeline_batch": 8,
+        "pipeline_batches": 8}
+QUICK = {"batches": (1, 2), "peak_n": 256, "inference_batch": 2, "pipeline_batch": 2,
+         "pipeline_batches": 2}
+# The lax convolution path is timed at batch 1 only: at batch 8 one temporal step takes minutes.
+LAX_BATCHES = (1,)
+KERAS_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2"}
+DEFAULT_DATA_DIR = os.path.join(measure.REPO_ROOT, "workdir", "bench")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--quick", action="store_true",
+                      help="tiny widths at 32 px, batches 1 and 2 (smoke test; figures "
+                      "meaningless); writes only with --out")
+  parser.add_argument("--stages", default=",".join(STAGES),
+                      help="comma-separated subset of temporal,gan,head")
+  parser.add_argument("--repeats", type=int, default=5, help="timed repeats at batch 1")
+  parser.add_argument("--repeats-large", type=int, default=3,
+                      help="timed repeats at the larger batch (slow steps)")
+  parser.add_argument("--warmup", type=int, default=1,
+                      help="untimed calls before timing (Keras: the first one traces)")
+  parser.add_argument("--out", default=None,
+                      help="JSON result (default bench/results/<machine>.json)")
+  parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
+                      help="where the input-pipeline dataset is built once and reused")
+  args = parser.parse_args(argv)
+  args.stages = tuple(s for s in args.stages.split(",") if s)
+  unknown = set(args.stages) - set(STAGES)
+  if unknown or not args.stages:
+    parser.error(f"--stages must be a subset of {','.join(STAGES)}, got {sorted(unknown)}")
+  if min(args.repeats, args.repeats_large) < 1 or args.warmup < 0:
+    parser.error("repeats must be >= 1 and warmup >= 0")
+  return args
+
+
+def _train_spec(args: argparse.Namespace, stage: str, batches: Sequence[int],
+                **extra: Any) -> dict[str, Any]:
+  repeats = [args.repeats if b == 1 else args.repeats_large for b in batches]
+  return {"job": "train", "quick": args.quick, "stage": stage, "batches": list(batches),
+          "repeats": repeats, "warmup": args.warmup, **extra}
+
+
+def lax_batches(args: argparse.Namespace) -> tuple[int, ...]:
+  """Batch sizes the temporal stage is timed at with lax convolutions."""
+  return QUICK["batches"] if args.quick else LAX_BATCHES
+
+
+def _train_job(worker: str, spec: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+  """A train worker's result; batch sizes it did not reach (stopped for memory) are listed as
+  skipped with the reason."""
+  result = measure.run_job(worker, spec, **kwargs)
+  result.setdefault("framework", "keras" if worker.endswith("keras_reference") else "jax")
+  result.setdefault("stage", spec["stage"])
+  result.setdefault("conv_impl", None)
+  result.setdefault("param_counts", {})
+  results = result.setdefault("results", [])
+  done = {r["batch"] for r in results}
+  results += [{"batch": b, "skipped": result["stopped"]} for b in spec["batches"]
+              if b not in done]
+  return result
+
+
+def collect(args: argparse.Namespace) -> dict[str, Any]:
+  """Runs every worker and returns their raw results."""
+  sizes = QUICK if args.quick else FULL
+  jax_worker, keras_worker = "bench.jax_steps", "bench.keras_reference"
+  peak = {"job": "peak", "n": sizes["peak_n"], "repeats": max(args.repeats, 5)}
+  raw: dict[str, Any] = {"train": []}
+  measure.log("matmul peak")
+  raw["peak_start"] = measure.run_job(jax_worker, peak)
+  for stage in args.stages:
+    raw["train"].append(_train_job(
+        jax_worker, _train_spec(args, stage, sizes["batches"], conv_impl="auto")))
+    if stage == "temporal":
+      raw["train"].append(_train_job(
+          jax_worker, _train_spec(args, stage, lax_batches(args), conv_impl="lax")))
+    raw["train"].append(_train_job(
+        keras_worker, _train_spec(args, stage, sizes["batches"], threads=measure.cores()),
+        env=KERAS_ENV))
+  raw["inference"] = measure.run_job(jax_worker, {
+      "job": "inference", "quick": args.quick, "batch": sizes["inference_batch"],
+      "warmup": args.warmup, "repeats": args.repeats})
+  raw["pipeline"] = measure.run_job("bench.input_pipeline", {
+      "job": "pipeline", "quick": args.quick, "data_dir": "" if args.quick else args.data_dir,
+      "batch": sizes["pipeline_batch"], "batches": sizes["pipeline_batches"],
+      "warmup": 2, "repeats": args.repeats})
+  measure.log("matmul peak again")
+  raw["peak_end"] = measure.run_job(jax_worker, peak)
+  return raw
+
+
+def train_rows(raw: dict[str, Any], peak_flops: float) -> list[dict[str, Any]]:
+  """One row per (framework, stage, conv path, batch): times, samples/s, FLOPs, MFU, memory.
+
+  `default_path` marks JAX rows with the config's default convolution ("auto"). Keras rows take
+  the model FLOPs of the same stage and batch from the JAX rows.
+  """
+  rows = []
+  for job in raw["train"]:
+    for result in job["results"]:
+      if "skipped" in result:
+        continue
+      rows.append({"framework": job["framework"], "stage": job["stage"],
+                   "conv_impl": job.get("conv_impl"),
+                   "default_path": job.get("default_path", False), **result,
+                   "samples_per_second": result["batch"] / result["seconds"]["median"]})
+  flops = {(r["stage"], r["batch"]): r["model_flops"] for r in rows if "model_flops" in r}
+  for row in rows:
+    row["model_flops"] = flops.get((row["stage"], row["batch"]))
+    if row["model_flops"] is not None:
+      row["mfu"] = row["model_flops"] / row["seconds"]["median"] / peak_flops
+  return rows
+
+
+def skipped(raw: dict[str, Any]) -> list[dict[str, Any]]:
+  """Train measurements that did not run, with the reason (memory)."""
+  return [{"framework": job["framework"], "stage": job["stage"], "conv_impl": job["conv_impl"],
+           "batch": r["batch"], "reason": r["skipped"]}
+          for job in raw["train"] for r in job["results"] if "skipped" in r]
+
+
+def _find(rows: list[dict[str, Any]], framework: str, stage: str, batch: int,
+          conv_impl: str | None = None) -> dict[str, Any] | None:
+  for row in rows:
+    if (row["framework"], row["stage"], row["batch"]) == (framework, stage, batch) and (
+        conv_impl is None or row["conv_impl"] == conv_impl):
+      return row
+  return None
+
+
+def speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """Keras median / JAX median per stage, batch and JAX conv path, with the stage's target.
+
+  Only the default path decides whether a target is met.
+  """
+  out = []
+  for jax_row in (r for r in rows if r["framework"] == "jax"):
+    keras_row = _find(rows, "keras", jax_row["stage"], jax_row["batch"])
+    if keras_row is None:
+      continue
+    ratio = keras_row["seconds"]["median"] / jax_row["seconds"]["median"]
+    target = SPEEDUP_TARGETS[jax_row["stage"]]
+    counts = jax_row["default_path"]
+    out.append({"stage": jax_row["stage"], "batch": jax_row["batch"],
+                "conv_impl": jax_row["conv_impl"], "default_path": counts,
+                "jax_seconds": jax_row["seconds"]["median"],
+                "keras_seconds": keras_row["seconds"]["median"], "speedup": ratio,
+                "target": target, "met": ratio >= target if counts else None})
+  return out
+
+
+def param_counts(raw: dict[str, Any], quick: bool) -> dict[str, Any]:
+  """Per component: the JAX and Keras counts (params + BatchNorm statistics) and the reference's."""
+  out: dict[str, Any] = {}
+  for job in raw["train"]:
+    for name, count in job["param_counts"].items():
+      entry = out.setdefault(name, {})
+      entry[job["framework"]] = count
+  for name, entry in out.items():
+    expected = {entry.get("jax"), entry.get("keras")} - {None}
+    if not quick:
+      entry["reference"] = REFERENCE_PARAM_COUNTS[name]
+      expected.add(entry["reference"])
+    entry["match"] = len(expected) == 1
+  return out
+
+
+def pipeline_summary(raw: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+  """Pipeline samples/s against the samples/s each JAX default-path training step consumes."""
+  pipe = raw["pipeline"]
+  rate = pipe["samples_per_second"]["median"]
+  consumers = [{"stage": r["stage"], "batch": r["batch"],
+                "train_samples_per_second": r["samples_per_second"],
+                "ratio": rate / r["samples_per_second"]}
+               for r in rows if r["default_path"]]
+  worst = min((c["ratio"] for c in consumers), default=None)
+  return {**pipe, "vs_training": consumers, "min_ratio": worst, "target": PIPELINE_TARGET,
+          "met": None if worst is None else worst >= PIPELINE_TARGET}
+
+
+def summarize(raw: dict[str, Any], args: argparse.Namespace, started: float,
+              load_before: list[float]) -> dict[str, Any]:
+  """The result JSON (see bench/README.md for the fields)."""
+  peaks = [raw["peak_start"], raw["peak_end"]]
+  peak_gflops = max(p["peak_gflops"] for p in peaks)
+  rows = train_rows(raw, peak_gflops * 1e9)
+  jax_versions = raw["peak_start"]["versions"]
+  ratios = speedups(rows)
+  pipe = pipeline_summary(raw, rows)
+  keras_job = next((j for j in raw["train"] if j["framework"] == "keras"), None)
+  not_run = skipped(raw)
+  targets = []
+  for stage in args.stages:
+    for batch in (QUICK if args.quick else FULL)["batches"]:
+      what = f"{stage} train step, batch {batch}: JAX >= {SPEEDUP_TARGETS[stage]}x Keras"
+      ratio = next((r for r in ratios if r["default_path"] and r["stage"] == stage
+                    and r["batch"] == batch), None)
+      if ratio is not None:
+        targets.append({"what": what, "value": ratio["speedup"], "met": ratio["met"]})
+      else:
+        reasons = [f"{s['framework']}: {s['reason']}" for s in not_run
+                   if s["stage"] == stage and s["batch"] == batch]
+        targets.append({"what": what, "value": None, "met": None,
+                        "not_measured": "; ".join(reasons)})
+  targets.append({"what": f"input pipeline >= {PIPELINE_TARGET}x the fastest training step's "
+                  "sample rate", "value": pipe["min_ratio"], "met": pipe["met"]})
+  accelerator = jax_versions["backend"]
+  return {
+      "schema": 1,
+      "quick": args.quick,
+      "machine": {**measure.machine_info(), "name": measure.machine_name(),
+                  "jax_backend": accelerator},
+      "gpu": ("no GPU on this machine: CPU figures only; run `make bench` on a GPU machine "
+              "to record one" if accelerator == "cpu" else f"ran on {jax_versions['devices']}"),
+      "versions": {**jax_versions, **(keras_job["versions"] if keras_job else {}),
+                   "keras_jit_compile": keras_job["jit_compile"] if keras_job else None},
+      "settings": {"stages": list(args.stages), "repeats": args.repeats,
+                   "repeats_large_batch": args.repeats_large, "warmup": args.warmup,
+                   "threads": measure.cores(), "lax_batches": list(lax_batches(args)),
+                   "command": " ".join(sys.argv)},
+      "load_average": {"before": load_before, "after": measure.load_average()},
+      "matmul_peak": {"n": raw["peak_start"]["n"], "start": raw["peak_start"]["gflops"],
+                      "end": raw["peak_end"]["gflops"], "peak_gflops": peak_gflops},
+      "train": rows,
+      "speedup": ratios,
+      "param_counts": param_counts(raw, args.quick),
+      "skipped": not_run,
+      "keras_updates": {j["stage"]: j.get("updated") for j in raw["train"]
+                        if j["framework"] == "keras"},
+      "inference": raw["inference"],
+      "input_pipeline": pipe,
+      "targets": targets,
+      "all_targets_met": all(t["met"] is True for t in targets),
+      "wall_seconds": time.perf_counter() - started,
+  }
+
+
+def _span(s: dict[str, float], scale: float = 1.0) -> str:
+  return f"{s['median'] * scale:.3g} ({s['min'] * scale:.3g}-{s['max'] * scale:.3g})"
+
+
+def format_table(result: dict[str, Any]) -> str:
+  """The human-readable summary printed at the end of the run."""
+  rows = result["train"]
+  lines = [f"PLFM benchmark on {result['machine']['cpu_model']}, {result['machine']['cores']} "
+           f"cores ({result['machine']['jax_backend']}); load average before "
+           f"{result['load_average']['before']}, after {result['load_average']['after']}",
+           f"GPU: {result['gpu']}", ""]
+  header = ("stage", "batch", "JAX path", "JAX s/step", "Keras s/step", "speed-up", "target",
+            "MFU JAX", "MFU Keras", "RSS JAX MiB", "RSS Keras MiB")
+  table = []
+  for r in result["speedup"]:
+    jax_row = _find(rows, "jax", r["stage"], r["batch"], r["conv_impl"])
+    keras_row = _find(rows, "keras", r["stage"], r["batch"])
+    met = "" if r["met"] is None else ("met" if r["met"] else "MISSED")
+    table.append((r["stage"], str(r["batch"]), r["conv_impl"], _span(jax_row["seconds"]),
+                  _span(keras_row["seconds"]), f"{r['speedup']:.2f}x",
+                  f">={r['target']}x {met}".strip() if r["default_path"] else "(info)",
+                  f"{jax_row['mfu']:.1%}", f"{keras_row['mfu']:.1%}",
+                  f"{jax_row['peak_rss_mib']:.0f}", f"{keras_row['peak_rss_mib']:.0f}"))
+  widths = [max(len(x[i]) for x in [header, *table]) for i in range(len(header))]
+  lines += ["  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in [header, *table]]
+  peak, inf, pipe = result["matmul_peak"], result["inference"], result["input_pipeline"]
+  lines += [f"not measured: {s['framework']} {s['stage']}"
+            f"{' (' + s['conv_impl'] + ')' if s['conv_impl'] else ''} batch {s['batch']}: "
+            f"{s['reason']}" for s in result["skipped"]]
+  lines += [
+      "",
+      "times: median (min-max) seconds; speed-up = Keras median / JAX median; MFU = model FLOPs "
+      "(XLA cost analysis, direct convolutions) / step time / matmul peak",
+      f"matmul peak (float32 {peak['n']}^2, best repeat): {peak['peak_gflops']:.0f} GFLOP/s; "
+      f"start {_span(peak['start'])}, end {_span(peak['end'])} GFLOP/s",
+      f"inference ({inf['conv_impl']}, batch {inf['batch']}, {inf['tile']} px): "
+      f"{_span(inf['tiles_per_second'])} tiles/s -> {inf['granule']['pixels']} px granule "
+      f"({inf['granule']['windows']} windows, overlap {inf['granule']['overlap']}): "
+      f"{inf['granule']['seconds']:.0f} s; peak RSS {inf['peak_rss_mib']:.0f} MiB",
+      f"input pipeline ({pipe['source']}, {pipe['image_size']} px, {pipe['read_threads']} read "
+      f"threads, 0 workers): {_span(pipe['samples_per_second'])} samples/s using "
+      f"{pipe['cores_used']:.2f} cores = {pipe['samples_per_second_per_core']:.0f} samples/s "
+      f"per core; {pipe['min_ratio']:.1f}x the fastest training step (target "
+      f">={pipe['target']:.0f}x: {'met' if pipe['met'] else 'MISSED'}); peak RSS "
+      f"{pipe['peak_rss_mib']:.0f} MiB",
+      "parameters (params + BN statistics, JAX / Keras / reference): " + "; ".join(
+          f"{name} {c.get('jax')} / {c.get('keras')} / {c.get('reference', '-')}"
+          f"{'' if c['match'] else ' MISMATCH'}" for name, c in result["param_counts"].items()),
+      "Keras steps updated: " + "; ".join(
+          f"{stage}: {', '.join(f'{k} {v}' for k, v in (u or {}).items()) or 'not measured'}"
+          for stage, u in result["keras_updates"].items()),
+      f"all targets met: {result['all_targets_met']}; wall time {result['wall_seconds']:.0f} s",
+  ]
+  return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  args = parse_args(argv)
+  started = time.perf_counter()
+  load_before = measure.load_average()
+  raw = collect(args)
+  result = summarize(raw, args, started, load_before)
+  out = args.out
+  if out is None and not args.quick:
+    out = os.path.join(measure.REPO_ROOT, "bench", "results",
+                       f"{result['machine']['name']}.json")
+  if out:
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
+      json.dump(result, f, indent=1)
+  print(format_table(result))
+  if out:
+    print(f"written: {out}")
+
+
+if __name__ == "__main__":
+  main()

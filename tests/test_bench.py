@@ -1,0 +1,70 @@
+"""Smoke test of `make bench`: the whole machinery on tiny shapes, one repeat, and its JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from bench import run
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def quick_result(tmp_path_factory) -> tuple[dict, str]:
+  out = tmp_path_factory.mktemp("bench") / "quick.json"
+  # The workers' persistent XLA cache (plfm_jax.runtime.configure) instead of the session's
+  # fresh one: a repeated run then skips the compiles, which are most of its time.
+  env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+  completed = subprocess.run(
+      [sys.executable, "-m", "bench.run", "--quick", "--stages", "temporal", "--repeats", "1",
+       "--repeats-large", "1", "--out", str(out)],
+      cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False)
+  assert completed.returncode == 0, completed.stderr[-3000:]
+  return json.loads(out.read_text()), completed.stdout
+
+
+def _is_stats(value) -> bool:
+  return (set(value) == {"median", "min", "max", "n"}
+          and value["min"] <= value["median"] <= value["max"])
+
+
+def test_json_schema(quick_result):
+  result, _ = quick_result
+  assert result["schema"] == 1 and result["quick"]
+  assert {"cpu_model", "cores", "name", "jax_backend"} <= set(result["machine"])
+  assert {"jax", "tensorflow", "keras"} <= set(result["versions"])
+  assert len(result["load_average"]["before"]) == len(result["load_average"]["after"]) == 3
+  assert result["matmul_peak"]["peak_gflops"] > 0
+  # temporal: the default path and lax for JAX, and Keras, each at batches 1 and 2.
+  keys = {(r["framework"], r["conv_impl"], r["batch"]) for r in result["train"]}
+  assert keys == {(f, impl, b) for f, impl in [("jax", "matmul"), ("jax", "lax"),
+                                               ("keras", None)] for b in (1, 2)}
+  for row in result["train"]:
+    assert _is_stats(row["seconds"]) and row["seconds"]["n"] == 1
+    assert row["model_flops"] > 0 and 0 < row["mfu"] and row["peak_rss_mib"] > 0
+  assert {(r["batch"], r["conv_impl"]) for r in result["speedup"]} == {
+      (1, "matmul"), (2, "matmul"), (1, "lax"), (2, "lax")}
+  assert all(isinstance(r["met"], bool) == r["default_path"] for r in result["speedup"])
+  assert result["param_counts"]["temporal"]["match"]
+  assert result["keras_updates"] == {"temporal": {"temporal": True}}
+  assert _is_stats(result["inference"]["tiles_per_second"])
+  assert result["inference"]["granule"]["windows"] > 0
+  pipe = result["input_pipeline"]
+  assert _is_stats(pipe["samples_per_second"]) and pipe["cores_used"] > 0
+  assert [t["met"] for t in result["targets"]] and result["all_targets_met"] in (True, False)
+
+
+def test_table_printed(quick_result):
+  _, stdout = quick_result
+  assert "speed-up" in stdout and "input pipeline" in stdout and "matmul peak" in stdout
+
+
+def test_rejects_unknown_stage():
+  with pytest.raises(SystemExit):
+    run.parse_args(["--stages", "temporal,joint"])
