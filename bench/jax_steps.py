@@ -128,8 +128,9 @@ def train(spec: dict[str, Any]) -> Iterator[dict[str, Any]]:
     needed = (memory.temp_size_in_bytes + memory.argument_size_in_bytes
               + memory.output_size_in_bytes)
     available = measure.available_memory()
+    flops = model_flops(spec["quick"], spec["stage"], batch_size)
     if needed > measure.MEMORY_FRACTION * available:
-      results.append({"batch": batch_size, "skipped": (
+      results.append({"batch": batch_size, "model_flops": flops, "skipped": (
           f"the compiled step needs {needed / 2**30:.1f} GiB (XLA memory analysis), more than "
           f"{measure.MEMORY_FRACTION:.0%} of the {available / 2**30:.1f} GiB available")})
       measure.log(f"jax {spec['stage']} batch {batch_size}: {results[-1]['skipped']}")
@@ -145,8 +146,7 @@ def train(spec: dict[str, Any]) -> Iterator[dict[str, Any]]:
     times = measure.time_repeats(step, warmup=spec["warmup"], repeats=repeats)
     results.append({"batch": batch_size, "seconds": measure.stats(times),
                     "compile_seconds": compile_seconds, "executed_flops": executed,
-                    "model_flops": model_flops(spec["quick"], spec["stage"], batch_size),
-                    "step_memory_gib": needed / 2**30, "peak_rss_mib": measure.peak_rss_mib()})
+                    "model_flops": flops, "step_memory_gib": needed / 2**30, "peak_rss_mib": measure.peak_rss_mib()})
     yield result
 
 

@@ -126,22 +126,29 @@ def train_rows(raw: dict[str, Any], peak_flops: float) -> list[dict[str, Any]]:
   """One row per (framework, stage, conv path, batch): times, samples/s, FLOPs, MFU, memory.
 
   `default_path` marks JAX rows with the config's default convolution ("auto"). Keras rows take
-  the model FLOPs of the same stage and batch from the JAX rows.
+  the model FLOPs of the same stage and batch from the JAX results (skipped ones included).
+  JAX rows also get `executed_utilization`: the FLOPs the compiled step really executes (fewer
+  than the model's with Winograd) / step time / peak.
   """
   rows = []
+  flops = {}
   for job in raw["train"]:
     for result in job["results"]:
+      if "model_flops" in result:
+        flops[(job["stage"], result["batch"])] = result["model_flops"]
       if "skipped" in result:
         continue
       rows.append({"framework": job["framework"], "stage": job["stage"],
                    "conv_impl": job.get("conv_impl"),
                    "default_path": job.get("default_path", False), **result,
                    "samples_per_second": result["batch"] / result["seconds"]["median"]})
-  flops = {(r["stage"], r["batch"]): r["model_flops"] for r in rows if "model_flops" in r}
   for row in rows:
     row["model_flops"] = flops.get((row["stage"], row["batch"]))
     if row["model_flops"] is not None:
       row["mfu"] = row["model_flops"] / row["seconds"]["median"] / peak_flops
+    if "executed_flops" in row:
+      row["executed_utilization"] = (row["executed_flops"] / row["seconds"]["median"]
+                                     / peak_flops)
   return rows
 
 
@@ -281,16 +288,36 @@ def format_table(result: dict[str, Any]) -> str:
            f"GPU: {result['gpu']}", ""]
   header = ("stage", "batch", "JAX path", "JAX s/step", "Keras s/step", "speed-up", "target",
             "MFU JAX", "MFU Keras", "RSS JAX MiB", "RSS Keras MiB")
+  default_impl = next((r["conv_impl"] for r in rows if r["default_path"]), None)
+  measured = [*rows, *result["skipped"]]
+  keys = sorted({(r["stage"], r["batch"]) for r in measured},
+                key=lambda k: (STAGES.index(k[0]), k[1]))
   table = []
-  for r in result["speedup"]:
-    jax_row = _find(rows, "jax", r["stage"], r["batch"], r["conv_impl"])
-    keras_row = _find(rows, "keras", r["stage"], r["batch"])
-    met = "" if r["met"] is None else ("met" if r["met"] else "MISSED")
-    table.append((r["stage"], str(r["batch"]), r["conv_impl"], _span(jax_row["seconds"]),
-                  _span(keras_row["seconds"]), f"{r['speedup']:.2f}x",
-                  f">={r['target']}x {met}".strip() if r["default_path"] else "(info)",
-                  f"{jax_row['mfu']:.1%}", f"{keras_row['mfu']:.1%}",
-                  f"{jax_row['peak_rss_mib']:.0f}", f"{keras_row['peak_rss_mib']:.0f}"))
+
+  def cell(row: dict[str, Any] | None, key: str, fmt: str) -> str:
+    return "-" if row is None or row.get(key) is None else format(row[key], fmt)
+
+  for stage, batch in keys:
+    impls = {r["conv_impl"] for r in measured if r["framework"] == "jax"
+             and (r["stage"], r["batch"]) == (stage, batch)}
+    keras_row = _find(rows, "keras", stage, batch)
+    for impl in sorted(impls, key=lambda i: i != default_impl) or [default_impl]:
+      jax_row = _find(rows, "jax", stage, batch, impl)
+      ratio = next((r for r in result["speedup"] if (r["stage"], r["batch"], r["conv_impl"])
+                    == (stage, batch, impl)), None)
+      if impl != default_impl:
+        target = "(info)"
+      elif ratio is None:
+        target = f">={SPEEDUP_TARGETS[stage]}x not measured"
+      else:
+        target = f">={ratio['target']}x {'met' if ratio['met'] else 'MISSED'}"
+      table.append((stage, str(batch), impl or "-",
+                    "-" if jax_row is None else _span(jax_row["seconds"]),
+                    "-" if keras_row is None else _span(keras_row["seconds"]),
+                    "-" if ratio is None else f"{ratio['speedup']:.2f}x", target,
+                    cell(jax_row, "mfu", ".1%"), cell(keras_row, "mfu", ".1%"),
+                    cell(jax_row, "peak_rss_mib", ".0f"),
+                    cell(keras_row, "peak_rss_mib", ".0f")))
   widths = [max(len(x[i]) for x in [header, *table]) for i in range(len(header))]
   lines += ["  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in [header, *table]]
   peak, inf, pipe = result["matmul_peak"], result["inference"], result["input_pipeline"]
