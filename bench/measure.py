@@ -137,18 +137,35 @@ def cpu_model() -> str:
   return platform.processor() or "unknown"
 
 
+def vector_isa() -> str:
+  """Widest x86 vector instruction set of this CPU ("avx512", "avx2", ...), else the machine.
+
+  Both frameworks' CPU kernels depend on it more than on anything else: the same "AMD EPYC"
+  model name has been seen with and without AVX-512.
+  """
+  try:
+    with open("/proc/cpuinfo") as f:
+      flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+  except OSError:
+    flags = []
+  for isa, flag in (("avx512", "avx512f"), ("avx2", "avx2"), ("avx", "avx")):
+    if flag in flags:
+      return isa
+  return platform.machine() or "unknown"
+
+
 def machine_name() -> str:
-  """Default results name: e.g. `cpu-2c-amd-epyc` (no GPU is used by this benchmark)."""
+  """Default results name: e.g. `cpu-2c-amd-epyc-avx2` (no GPU is used by this benchmark)."""
   slug = "".join(c if c.isalnum() else "-" for c in cpu_model().lower()).strip("-")
-  return f"cpu-{cores()}c-" + "-".join(part for part in slug.split("-") if part)
+  return "-".join([f"cpu-{cores()}c", *(part for part in slug.split("-") if part), vector_isa()])
 
 
 def machine_info() -> dict[str, Any]:
   """CPU, memory and Python facts; the frameworks' versions come from their workers."""
   memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-  return {"cpu_model": cpu_model(), "cores": cores(), "logical_cpus": os.cpu_count(),
-          "memory_gib": round(memory, 1), "platform": platform.platform(),
-          "python": platform.python_version()}
+  return {"cpu_model": cpu_model(), "vector_isa": vector_isa(), "cores": cores(),
+          "logical_cpus": os.cpu_count(), "memory_gib": round(memory, 1),
+          "platform": platform.platform(), "python": platform.python_version()}
 
 
 def run_job(module: str, spec: Mapping[str, Any], *, env: Mapping[str, str] | None = None

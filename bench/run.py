@@ -21,6 +21,7 @@ import time
 from typing import Any, Sequence
 
 from bench import measure
+from plfm_jax import hugepages
 
 STAGES = ("temporal", "gan", "head")
 # Our train step must beat the Keras reference by these factors (issue 7).
@@ -257,7 +258,8 @@ def summarize(raw: dict[str, Any], args: argparse.Namespace, started: float,
       "settings": {"stages": list(args.stages), "repeats": args.repeats,
                    "repeats_large_batch": args.repeats_large, "warmup": args.warmup,
                    "threads": measure.cores(), "lax_batches": list(lax_batches(args)),
-                   "command": " ".join(sys.argv)},
+                   "command": " ".join(sys.argv),
+                   "glibc_tunables": os.environ.get("GLIBC_TUNABLES")},
       "load_average": {"before": load_before, "after": measure.load_average()},
       "matmul_peak": {"n": raw["peak_start"]["n"], "start": raw["peak_start"]["gflops"],
                       "end": raw["peak_end"]["gflops"], "peak_gflops": peak_gflops},
@@ -371,4 +373,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+  # Every worker, JAX and Keras alike, inherits the malloc settings that the project's commands
+  # run with (plfm_jax.runtime.configure), so that ratios compare code, not allocators.
+  hugepages.restart_with_huge_pages()
   main()

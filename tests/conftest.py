@@ -8,11 +8,16 @@ import tempfile
 
 import pytest
 
+from plfm_jax import hugepages
+
 # One XLA compilation cache for the whole session, inherited by the train.py subprocesses: the
 # tiny models are compiled once instead of once per process (75 s -> 12 s for a repeated run).
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="plfm_xla_cache_"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+# The malloc tunable the entry points would restart themselves for (plfm_jax.hugepages), set
+# here so that the command-line subprocesses start once.
+os.environ.update(hugepages.environment(os.environ) or {})
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SAMPLE_ROOT = pathlib.Path(

@@ -53,8 +53,10 @@ def _assert_close(actual, expected, rel: float):
 
 @pytest.fixture
 def tiny_thresholds(monkeypatch):
-  """Lets Winograd and fused upsampling run on the tests' tiny images (not worth it there)."""
-  monkeypatch.setattr(conv_lib, "_WINO_MIN_TILES", 1)
+  """Lets im2col, Winograd and fused upsampling run on the tests' tiny images (not worth it
+  there)."""
+  monkeypatch.setattr(conv_lib, "_LAX_MAX_SMALL_PIXELS", 0)
+  monkeypatch.setattr(conv_lib, "_WINO_MIN_PIXELS", 1)
   monkeypatch.setattr(conv_lib, "_FUSED_UPSAMPLE_MIN_PIXELS", 1)
 
 
@@ -99,6 +101,27 @@ def test_fused_upsample_conv2d_matches_upsampling_then_conv(impl, k, ch, tiny_th
   (_, want_y), want_grads = results[1]
   for got, want in zip((got_y, *got_grads), (want_y, *want_grads)):
     _assert_close(got, want, rel=5e-5)
+
+
+@pytest.mark.parametrize("batch,expected_chunks", [(4, 4), (6, 6), (2, 2)])
+def test_winograd_over_batch_chunks_matches_lax(batch, expected_chunks, tiny_thresholds,
+                                                monkeypatch):
+  # One image per chunk: the batch runs as a sequential loop, gradients summed over it.
+  monkeypatch.setattr(conv_lib, "_WINO_CHUNK_PIXELS", 9 * 7)
+  x, kernel, cotangent = _inputs(3, 1, (9, 7), (64, 72), jnp.float32)
+  x = jnp.concatenate([x] * (batch // 2), axis=0) * jnp.arange(1, batch + 1)[:, None, None, None]
+  cotangent = jnp.concatenate([cotangent] * (batch // 2), axis=0)
+  assert conv_lib._batch_chunks(x) == expected_chunks
+  for got, want in zip(_value_and_grads("matmul", 1, x, kernel, cotangent),
+                       _value_and_grads("lax", 1, x, kernel, cotangent)):
+    _assert_close(got, want, rel=5e-5)
+
+
+def test_batch_chunks_divide_the_batch(monkeypatch):
+  monkeypatch.setattr(conv_lib, "_WINO_CHUNK_PIXELS", 2 * 10 * 10)
+  chunks = {n: conv_lib._batch_chunks(jnp.zeros((n, 10, 10, 1))) for n in (1, 2, 3, 5, 6, 8)}
+  # At most 2 images per chunk, as few chunks as divide the batch evenly.
+  assert chunks == {1: 1, 2: 1, 3: 3, 5: 5, 6: 3, 8: 4}
 
 
 def _numpy_same_conv(x: np.ndarray, kernel: np.ndarray, s: int) -> np.ndarray:
@@ -185,6 +208,9 @@ def test_matmul_route_on_plfm_shapes():
   assert conv_lib.matmul_route((1, 128, 128, 512), (4, 4, 512, 128), 1, f32) == "winograd"
   assert conv_lib.matmul_route((1, 128, 128, 128), (4, 4, 128, 256), 2, f32) == "lax"
   assert conv_lib.matmul_route((1, 16, 16, 1024), (4, 4, 1024, 1024), 2, f32) == "im2col"
+  # The demo's ConvLSTM at 64 px: small, lax; wider at the same size: im2col.
+  assert conv_lib.matmul_route((4, 64, 64, 19), (3, 3, 19, 64), 1, f32) == "lax"
+  assert conv_lib.matmul_route((4, 64, 64, 32), (3, 3, 32, 128), 1, f32) == "im2col"
 
 
 def test_resolve_conv_impl(monkeypatch):

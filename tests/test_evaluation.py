@@ -25,12 +25,10 @@ from plfm_jax.evaluation import evaluate as evaluation
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SIZE = 32
 NUM_TEST = 5
-# Tiny widths at 32 px; the same on the train.py and evaluate.py command lines. lax.conv: XLA:CPU
-# compiles the models ~3x faster than with the shifted-matmul convolutions, which only pay off
-# at real sizes.
+# Tiny widths at 32 px; the same on the train.py and evaluate.py command lines.
 MODEL = {"data.stored_size": SIZE, "data.image_size": SIZE, "model.temporal_features": (4, 4, 4),
          "model.generator_features": 4, "model.discriminator_features": 4,
-         "model.head_features": 4, "model.conv_impl": "lax"}
+         "model.head_features": 4}
 TRAIN = {"batch_size": 2, "train.num_epochs": 1, "train.steps_per_epoch": 2,
          "train.validation_steps": 1}
 # Metrics that average over pixels alone: exactly equal images give exactly equal values. (SSIM's

@@ -72,8 +72,6 @@ def tiny_config():
   config.model.temporal_features = (4, 4, 4)
   config.model.generator_features = config.model.discriminator_features = 4
   config.model.head_features = 4
-  # Compiles faster than the shifted-matmul convolution on CPU.
-  config.model.conv_impl = "lax"
   return config
 
 

@@ -8,15 +8,22 @@ Speed: XLA:CPU runs a convolution inside a `scan` body on a very slow path, so t
 loop is unrolled in Python by default; the input and recurrent convolutions of a step run as
 one convolution over [x_t, h_{t-1}], and the first step, whose state is zero, skips the
 recurrent part.
+
+Memory: the gate nonlinearities and the cell update are rematerialised in the backward pass
+(`_cell_update` under `jax.checkpoint`), so a step keeps only its convolution output and the
+previous cell state for the backward pass instead of every intermediate of the update.
 """
 
 from __future__ import annotations
 
 from typing import Any, Sequence
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from plfm_jax.models.conv import Conv, conv2d
 
@@ -32,6 +39,28 @@ def unit_forget_bias(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.floa
   del key
   features = shape[0] // 4
   return jnp.zeros(shape, dtype).at[features:2 * features].set(1)
+
+
+def _cell_update(z: jax.Array, c: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+  """Keras ConvLSTM2D's update (relu activation) from the gate pre-activations z (order i, f,
+  c, o) and the previous cell state (None: zero): (h, c)."""
+  i, f, g, o = jnp.split(z, 4, axis=-1)
+  c = nn.sigmoid(i) * nn.relu(g) + (0 if c is None else nn.sigmoid(f) * c)
+  return nn.sigmoid(o) * nn.relu(c), c
+
+
+_GATES = "convlstm_gates"
+
+
+@functools.partial(jax.checkpoint, static_argnums=(5,),
+                   policy=jax.checkpoint_policies.save_only_these_names(_GATES))
+def _step(x_t: jax.Array, h: jax.Array | None, c: jax.Array | None, kernel: jax.Array,
+          bias: jax.Array, impl: str) -> tuple[jax.Array, jax.Array]:
+  """One time step (h, c) <- (x_t, h, c); h and c None at t = 0, where they are zero and the
+  recurrent half of `kernel` is left out."""
+  inputs = x_t if h is None else jnp.concatenate([x_t, h], axis=-1)
+  z = conv2d(inputs, kernel[:, :, :inputs.shape[-1]], impl=impl) + bias
+  return _cell_update(checkpoint_name(z, _GATES), c)
 
 
 class ConvLSTM2D(nn.Module):
@@ -70,21 +99,12 @@ class ConvLSTM2D(nn.Module):
     # Concatenated at call time so the parameters keep Keras's names and shapes.
     joint_kernel = jnp.concatenate([kernel, recurrent_kernel], axis=2)
 
-    def gates(inputs: jax.Array, w: jax.Array) -> list[jax.Array]:
-      return jnp.split(conv2d(inputs, w, impl=self.impl) + bias, 4, axis=-1)
-
     def step(carry: tuple[jax.Array, jax.Array],
              x_t: jax.Array) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
-      h, c = carry
-      i, fg, g, o = gates(jnp.concatenate([x_t, h], axis=-1), joint_kernel)
-      c = nn.sigmoid(fg) * c + nn.sigmoid(i) * nn.relu(g)
-      h = nn.sigmoid(o) * nn.relu(c)
+      h, c = _step(x_t, *carry, joint_kernel, bias, self.impl)
       return (h, c), h
 
-    # t = 0: h and c are zero, so the recurrent convolution and the forget term vanish.
-    i, _, g, o = gates(x[:, 0], kernel)
-    c = nn.sigmoid(i) * nn.relu(g)
-    h = nn.sigmoid(o) * nn.relu(c)
+    h, c = _step(x[:, 0], None, None, joint_kernel, bias, self.impl)
     carry = (h, c)
     if self.time_loop == "unroll":
       hs = [h]
