@@ -36,10 +36,10 @@ def versions() -> dict[str, str]:
 
 
 def matmul_peak(spec: dict[str, Any]) -> dict[str, Any]:
-  """GFLOP/s of a float32 n x n dense matmul; the peak is the best repeat."""
+  """GFLOP/s of an n x n dense matmul in spec["dtype"]; the peak is the best repeat."""
   n = spec["n"]
   rng = np.random.default_rng(0)
-  a, b = (jnp.asarray(rng.standard_normal((n, n)), jnp.float32) for _ in range(2))
+  a, b = (jnp.asarray(rng.standard_normal((n, n)), spec["dtype"]) for _ in range(2))
   dot = jax.jit(jnp.dot)
   times = measure.time_repeats(lambda: dot(a, b).block_until_ready(), warmup=2,
                                repeats=spec["repeats"])
@@ -78,7 +78,7 @@ def _init_kwargs(config: Any) -> dict[str, Any]:
               head_inputs=config.model.head_inputs)
 
 
-def model_flops(quick: bool, stage: str, batch_size: int) -> float:
+def model_flops(quick: bool, stage: str, batch_size: int, dtype: str) -> float:
   """FLOPs of one train step of the model itself, from XLA's cost analysis of the "lax" path.
 
   The "lax" path computes every convolution directly (upsampling included), as the Keras
@@ -86,7 +86,7 @@ def model_flops(quick: bool, stage: str, batch_size: int) -> float:
   (`executed_flops`) is lower than what the model needs. Lowered, not compiled: the count does
   not need the minutes a paper-size compile takes.
   """
-  config = measure.bench_config(quick, "lax")
+  config = measure.bench_config(quick, "lax", dtype)
   models = modeling.build_models(config.model)
   variables = jax.eval_shape(
       lambda key: modeling.init_variables(models, key, **_init_kwargs(config)), jax.random.key(0))
@@ -108,7 +108,7 @@ def train(spec: dict[str, Any]) -> Iterator[dict[str, Any]]:
   peak RSS so far (batches run in increasing order, so the last one's figure is that batch's
   peak).
   """
-  config = measure.bench_config(spec["quick"], spec["conv_impl"])
+  config = measure.bench_config(spec["quick"], spec["conv_impl"], spec["dtype"])
   models = modeling.build_models(config.model)
   variables = modeling.init_variables(models, jax.random.key(0), **_init_kwargs(config))
   counts = {name: modeling.count_variables(v) for name, v in variables.items()}
@@ -128,7 +128,7 @@ def train(spec: dict[str, Any]) -> Iterator[dict[str, Any]]:
     needed = (memory.temp_size_in_bytes + memory.argument_size_in_bytes
               + memory.output_size_in_bytes)
     available = measure.available_memory()
-    flops = model_flops(spec["quick"], spec["stage"], batch_size)
+    flops = model_flops(spec["quick"], spec["stage"], batch_size, spec["dtype"])
     if needed > measure.MEMORY_FRACTION * available:
       results.append({"batch": batch_size, "model_flops": flops, "skipped": (
           f"the compiled step needs {needed / 2**30:.1f} GiB (XLA memory analysis), more than "
@@ -156,7 +156,7 @@ def inference(spec: dict[str, Any]) -> dict[str, Any]:
   Also the seconds a 10980 x 10980 granule implies: its number of windows with
   `predict_scene`'s default overlap (a quarter of the tile) over the tile rate.
   """
-  config = measure.bench_config(spec["quick"])
+  config = measure.bench_config(spec["quick"], dtype=spec["dtype"])
   models = modeling.build_models(config.model)
   variables = modeling.init_variables(models, jax.random.key(0), **_init_kwargs(config))
   head_inputs = config.model.head_inputs

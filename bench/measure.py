@@ -45,10 +45,12 @@ def cores() -> int:
   return len(os.sched_getaffinity(0))
 
 
-def bench_config(quick: bool, conv_impl: str = "auto") -> Any:
-  """The `paper` config of configs/plfm.py (256 px, reference widths), or a tiny one for --quick."""
+def bench_config(quick: bool, conv_impl: str = "auto", dtype: str = "float32") -> Any:
+  """The `paper` config of configs/plfm.py (256 px, reference widths), or a tiny one for --quick;
+  `dtype` is the JAX model's compute dtype."""
   config = plfm_config.get_config("paper")
   config.model.conv_impl = conv_impl
+  config.model.dtype = dtype
   if quick:
     config.data.image_size = config.data.stored_size = QUICK_IMAGE_SIZE
     config.model.temporal_features = (QUICK_FEATURES,) * 3

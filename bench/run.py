@@ -57,6 +57,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                       help="JSON result (default bench/results/<machine>.json)")
   parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
                       help="where the input-pipeline dataset is built once and reused")
+  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                      help="compute dtype of the JAX model and of the matmul peak (the Keras "
+                      "reference stays float32)")
+  parser.add_argument("--skip-keras", action="store_true",
+                      help="JAX only: e.g. on a GPU machine, where the CPU build of TensorFlow "
+                      "would time the host, not the accelerator")
   args = parser.parse_args(argv)
   args.stages = tuple(s for s in args.stages.split(",") if s)
   unknown = set(args.stages) - set(STAGES)
@@ -71,7 +77,7 @@ def _train_spec(args: argparse.Namespace, stage: str, batches: Sequence[int],
                 **extra: Any) -> dict[str, Any]:
   repeats = [args.repeats if b == 1 else args.repeats_large for b in batches]
   return {"job": "train", "quick": args.quick, "stage": stage, "batches": list(batches),
-          "repeats": repeats, "warmup": args.warmup, **extra}
+          "repeats": repeats, "warmup": args.warmup, "dtype": args.dtype, **extra}
 
 
 def lax_batches(args: argparse.Namespace) -> tuple[int, ...]:
@@ -98,7 +104,8 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
   """Runs every worker and returns their raw results."""
   sizes = QUICK if args.quick else FULL
   jax_worker, keras_worker = "bench.jax_steps", "bench.keras_reference"
-  peak = {"job": "peak", "n": sizes["peak_n"], "repeats": max(args.repeats, 5)}
+  peak = {"job": "peak", "n": sizes["peak_n"], "repeats": max(args.repeats, 5),
+          "dtype": args.dtype}
   raw: dict[str, Any] = {"train": []}
   measure.log("matmul peak")
   raw["peak_start"] = measure.run_job(jax_worker, peak)
@@ -108,12 +115,13 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
     if stage == "temporal":
       raw["train"].append(_train_job(
           jax_worker, _train_spec(args, stage, lax_batches(args), conv_impl="lax")))
-    raw["train"].append(_train_job(
-        keras_worker, _train_spec(args, stage, sizes["batches"], threads=measure.cores()),
-        env=KERAS_ENV))
+    if not args.skip_keras:
+      raw["train"].append(_train_job(
+          keras_worker, _train_spec(args, stage, sizes["batches"], threads=measure.cores()),
+          env=KERAS_ENV))
   raw["inference"] = measure.run_job(jax_worker, {
       "job": "inference", "quick": args.quick, "batch": sizes["inference_batch"],
-      "warmup": args.warmup, "repeats": args.repeats})
+      "warmup": args.warmup, "repeats": args.repeats, "dtype": args.dtype})
   raw["pipeline"] = measure.run_job("bench.input_pipeline", {
       "job": "pipeline", "quick": args.quick, "data_dir": "" if args.quick else args.data_dir,
       "batch": sizes["pipeline_batch"], "batches": sizes["pipeline_batches"],
@@ -258,6 +266,7 @@ def summarize(raw: dict[str, Any], args: argparse.Namespace, started: float,
       "settings": {"stages": list(args.stages), "repeats": args.repeats,
                    "repeats_large_batch": args.repeats_large, "warmup": args.warmup,
                    "threads": measure.cores(), "lax_batches": list(lax_batches(args)),
+                   "dtype": args.dtype, "skip_keras": args.skip_keras,
                    "command": " ".join(sys.argv),
                    "glibc_tunables": os.environ.get("GLIBC_TUNABLES")},
       "load_average": {"before": load_before, "after": measure.load_average()},
@@ -330,7 +339,7 @@ def format_table(result: dict[str, Any]) -> str:
       "",
       "times: median (min-max) seconds; speed-up = Keras median / JAX median; MFU = model FLOPs "
       "(XLA cost analysis, direct convolutions) / step time / matmul peak",
-      f"matmul peak (float32 {peak['n']}^2, best repeat): {peak['peak_gflops']:.0f} GFLOP/s; "
+      f"matmul peak ({result['settings']['dtype']} {peak['n']}^2, best repeat): {peak['peak_gflops']:.0f} GFLOP/s; "
       f"start {_span(peak['start'])}, end {_span(peak['end'])} GFLOP/s",
       f"inference ({inf['conv_impl']}, batch {inf['batch']}, {inf['tile']} px): "
       f"{_span(inf['tiles_per_second'])} tiles/s -> {inf['granule']['pixels']} px granule "

@@ -65,6 +65,25 @@ def test_table_printed(quick_result):
   assert "speed-up" in stdout and "input pipeline" in stdout and "matmul peak" in stdout
 
 
+def test_jax_only_in_bfloat16_starts_no_keras_worker(monkeypatch):
+  """The GPU set-up: every JAX worker gets the dtype, and no Keras worker starts."""
+  started = []
+
+  def fake_run_job(module, spec, **kwargs):
+    started.append((module, spec))
+    # A train job that measured nothing reads as stopped, like a worker killed for memory.
+    return {"results": [], "stopped": "fake", "versions": {}}
+
+  monkeypatch.setattr(run.measure, "run_job", fake_run_job)
+  run.collect(run.parse_args(["--quick", "--stages", "gan,head", "--skip-keras",
+                              "--dtype", "bfloat16"]))
+  modules = {module for module, _ in started}
+  assert modules == {"bench.jax_steps", "bench.input_pipeline"}
+  jax_specs = [spec for module, spec in started if module == "bench.jax_steps"]
+  assert {spec["job"] for spec in jax_specs} == {"peak", "train", "inference"}
+  assert all(spec["dtype"] == "bfloat16" for spec in jax_specs)
+
+
 def test_rejects_unknown_stage():
   with pytest.raises(SystemExit):
     run.parse_args(["--stages", "temporal,joint"])
