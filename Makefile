@@ -24,7 +24,7 @@ demo: $(INSTALLED)
 test: $(INSTALLED)
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
-# Train-step, inference and input-pipeline benchmark (issue 7; bench/README.md): about 20 minutes
+# Train-step, inference and input-pipeline benchmark (issue 7; bench/README.md): about 45 minutes on 2 cores
 # on 2 CPU cores; writes bench/results/<machine>.json and prints a table. BENCH_FLAGS=--quick etc.
 bench: $(INSTALLED)
 	$(PY) -m bench.run $(BENCH_FLAGS)

@@ -155,7 +155,7 @@ def train_rows(raw: dict[str, Any], peak_flops: float) -> list[dict[str, Any]]:
     row["model_flops"] = flops.get((row["stage"], row["batch"]))
     if row["model_flops"] is not None:
       row["mfu"] = row["model_flops"] / row["seconds"]["median"] / peak_flops
-    if "executed_flops" in row:
+    if row.get("executed_flops") is not None:
       row["executed_utilization"] = (row["executed_flops"] / row["seconds"]["median"]
                                      / peak_flops)
   return rows

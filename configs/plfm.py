@@ -75,8 +75,8 @@ def model_config() -> ml_collections.ConfigDict:
       # Head inputs: "branches" (reference: temporal ++ SAR outputs) or "branches+cloudy" (also
       # the cloudy target image and its cloud mask).
       head_inputs="branches",
-      # Convolution implementation: "auto" (shifted matmuls on CPU, lax.conv on accelerators),
-      # "lax" or "matmul".
+      # Convolution implementation: "auto" (Winograd / im2col matmuls on CPU, lax.conv on
+      # accelerators), "lax" or "matmul" (plfm_jax/models/conv.py).
       conv_impl="auto",
       # Time loop of the ConvLSTM: "unroll" (fast for short series, XLA:CPU) or "scan".
       time_loop="unroll",

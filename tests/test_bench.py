@@ -8,8 +8,11 @@ import pathlib
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import pytest
 
+from bench import jax_steps
 from bench import run
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -48,6 +51,8 @@ def test_json_schema(quick_result):
   for row in result["train"]:
     assert _is_stats(row["seconds"]) and row["seconds"]["n"] == 1
     assert row["model_flops"] > 0 and 0 < row["mfu"] and row["peak_rss_mib"] > 0
+    # Tiny shapes run no Winograd chunk loop, so every JAX step has its executed count.
+    assert ("executed_utilization" in row) == (row["framework"] == "jax")
   assert {(r["batch"], r["conv_impl"]) for r in result["speedup"]} == {
       (1, "matmul"), (2, "matmul"), (1, "lax"), (2, "lax")}
   assert all(isinstance(r["met"], bool) == r["default_path"] for r in result["speedup"])
@@ -82,6 +87,15 @@ def test_jax_only_in_bfloat16_starts_no_keras_worker(monkeypatch):
   jax_specs = [spec for module, spec in started if module == "bench.jax_steps"]
   assert {spec["job"] for spec in jax_specs} == {"peak", "train", "inference"}
   assert all(spec["dtype"] == "bfloat16" for spec in jax_specs)
+
+
+def test_executed_flops_unknown_where_the_program_loops():
+  """XLA counts a loop body once, so a looping program reports no executed FLOPs."""
+  x = jnp.ones((4, 8, 8))
+  plain = jax.jit(lambda a: a @ a).lower(x).compile()
+  looped = jax.jit(lambda a: jax.lax.map(lambda m: jnp.sin(m) @ m, a)).lower(x).compile()
+  assert jax_steps.executed_flops(plain) == pytest.approx(4 * 2 * 8**3, rel=0.01)
+  assert jax_steps.executed_flops(looped) is None
 
 
 def test_rejects_unknown_stage():

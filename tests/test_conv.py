@@ -205,6 +205,7 @@ def test_matmul_route_on_plfm_shapes():
   assert conv_lib.matmul_route((1, 256, 256, 131), (3, 3, 131, 512), 1, jnp.bfloat16) == "im2col"
   assert conv_lib.matmul_route((1, 256, 256, 32), (3, 3, 32, 3), 1, f32) == "im2col"
   assert conv_lib.matmul_route((1, 16, 16, 2048), (3, 3, 2048, 2048), 1, f32) == "im2col"
+  assert conv_lib.matmul_route((1, 32, 32, 1024), (3, 3, 1024, 1024), 1, f32) == "winograd"
   assert conv_lib.matmul_route((1, 128, 128, 512), (4, 4, 512, 128), 1, f32) == "winograd"
   assert conv_lib.matmul_route((1, 128, 128, 128), (4, 4, 128, 256), 2, f32) == "lax"
   assert conv_lib.matmul_route((1, 16, 16, 1024), (4, 4, 1024, 1024), 2, f32) == "im2col"

@@ -147,15 +147,18 @@ _matmul_conv.defvjp(_matmul_conv_fwd, _matmul_conv_bwd)
 # operand per element: the input transform is two separable passes (columns, then rows) whose
 # pieces are plain strided windows, and the output transform and its transpose are one small
 # dense matmul each (kron(A^T, A^T) against all tiles at once) plus a transpose.
+
 # Input tile size. 8 (interpolation points 0, +-1, +-2, +-1/2) ran the ConvLSTM convs 5-28%
 # faster than 6 at twice the rounding error (about 1e-5 of the output's scale, float32).
 _WINO_A = 8
 # Below this many input or output channels the (memory-bound) tile transforms cost more than
 # the matmuls save; measured on XLA:CPU, ConvLSTM gate convs (96..192 -> 128..512) gain 2-4x.
 _WINO_MIN_CHANNELS = 64
-# Transforming the kernel to 64 x Cin x Cout costs as much memory traffic as the matmuls over
-# a few thousand pixels: a 2048 -> 2048 conv over 16 x 16 ran 3x slower than lax.
-_WINO_MIN_PIXELS = 4096
+# Transforming the kernel to 64 x Cin x Cout and the matmuls over few tiles cost more than the
+# multiplies saved on small images: a 2048 -> 2048 conv over 16 x 16 ran 2x slower than
+# im2col, 512 -> 512 over 64 x 64 2.8x faster (forward + backward). Lowering the bound from
+# 4096 to 1024 made whole GAN train steps 10-15% faster at batch 1 and 8, head steps 8%.
+_WINO_MIN_PIXELS = 1024
 # Strided convs with at least this many output pixels stay on lax.conv: there XLA:CPU's strided
 # backward ran as fast as im2col or faster (4x4/2 128 -> 256 over 128 x 128: 0.6-0.75x for
 # im2col), while below it im2col won (1024 -> 1024 over 16 x 16: 1.5x).
