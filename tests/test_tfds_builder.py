@@ -175,6 +175,8 @@ def test_missing_dataset_split_or_raw_data(raw_root, tmp_path):
   ensure_built(tmp_path / "tfds", manual_dir=raw, image_size=8)
   with pytest.raises(InputError, match=r"no split 'test' \(it has: train\)"):
     data_source(tmp_path / "tfds", "test", image_size=8)
+  with pytest.raises(InputError, match=r"split 'train\[1:1\]' .* selects no records"):
+    data_source(tmp_path / "tfds", "train[1:1]", image_size=8)
   assert len(data_source(tmp_path / "tfds", "train[:1]", image_size=8)) == 1
 
 

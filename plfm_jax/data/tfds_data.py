@@ -77,8 +77,8 @@ def data_source(data_dir: str | os.PathLike | None, split: str, *,
   arrays as in docs/architecture.md (`zone` as bytes, `patch` as int).
 
   Raises:
-    InputError: the dataset is not built in `data_dir`, was built in another file format, or
-      lacks `split`.
+    InputError: the dataset is not built in `data_dir`, was built in another file format,
+      lacks `split`, or `split` selects no records.
   """
   builder = _builder(data_dir, image_size)
   if not builder.is_prepared():
@@ -92,8 +92,12 @@ def data_source(data_dir: str | os.PathLike | None, split: str, *,
                      f"{', '.join(formats)}; rebuild it with --file_format={FILE_FORMAT} "
                      "(readable without TensorFlow)")
   try:
-    builder.info.splits[split]  # pylint: disable=pointless-statement
+    records = builder.info.splits[split].num_examples
   except (KeyError, ValueError) as e:
     raise InputError(builder.data_dir, f"dataset {_name(builder)} has no split {split!r} "
                      f"(it has: {', '.join(builder.info.splits)})") from e
+  # TFDS would fail deep in array_record with "Paths sequence can not be of 0 length".
+  if not records:
+    raise InputError(builder.data_dir, f"split {split!r} of dataset {_name(builder)} selects "
+                     "no records")
   return builder.as_data_source(split=split, file_format=FILE_FORMAT)
