@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import struct
 import tempfile
 
 import pytest
@@ -54,6 +55,19 @@ def synthetic_file(root: pathlib.Path, kind: str, month: str = "Feb",
   folder = "sen1" if kind == "VV" else "sen2"
   files = (root / folder / SYNTHETIC_ZONE).glob(f"image_{kind}_*_{month}_patch_*.tif")
   return sorted(files, key=lambda p: int(p.stem.rsplit("_", 1)[1]))[index]
+
+
+def drop_strip_byte_counts(path: pathlib.Path) -> None:
+  """Damages a little-endian TIFF written by tifffile: its StripByteCounts tag becomes an unknown
+  private tag. tifffile still reads the file, after logging that the byte counts are missing
+  (the pixels are whatever it guesses)."""
+  data = bytearray(path.read_bytes())
+  [ifd] = struct.unpack_from("<I", data, 4)
+  for i in range(struct.unpack_from("<H", data, ifd)[0]):
+    entry = ifd + 2 + 12 * i
+    if struct.unpack_from("<H", data, entry)[0] == 279:  # StripByteCounts
+      struct.pack_into("<H", data, entry, 65000)
+  path.write_bytes(data)
 
 
 @pytest.fixture(scope="session")

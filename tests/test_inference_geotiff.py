@@ -11,7 +11,7 @@ import tifffile
 from plfm_jax.errors import InputError
 from plfm_jax.inference import geotiff
 
-from conftest import GEOKEYS, GEO_TAGS
+from conftest import GEOKEYS, GEO_TAGS, drop_strip_byte_counts
 
 
 
@@ -101,6 +101,16 @@ def test_rejects_bad_files(tmp_path, image):
     open_s2(write(tmp_path / "one.tif", image[..., 0]))
   with pytest.raises(InputError, match="dtype uint16, found float32"):
     open_s2(write(tmp_path / "float.tif", image.astype(np.float32)))
+
+
+def test_damaged_file_rejected_quietly(tmp_path, image, capfd):
+  # tifffile would read it after logging to stderr, guessing the strips' lengths.
+  path = write(tmp_path / "a.tif", image)
+  drop_strip_byte_counts(path)
+  with pytest.raises(InputError, match=r"not a readable TIFF \(damaged: .*ByteCounts") as info:
+    open_s2(path)
+  assert str(info.value).startswith(str(path)) and "\n" not in str(info.value)
+  assert capfd.readouterr() == ("", "")
 
 
 def test_truncated_file_rejected(tmp_path, image):

@@ -26,7 +26,7 @@ from plfm_jax.data.readers import read_cm, read_rgb, read_s1, validate_scan
 from plfm_jax.data.synthetic import write_synthetic_dataset
 from plfm_jax.errors import InputError
 
-from conftest import SYNTHETIC_ZONE, synthetic_file
+from conftest import SYNTHETIC_ZONE, drop_strip_byte_counts, synthetic_file
 
 SIZE = 8
 READERS = {"VV": read_s1, "RGB": read_rgb, "CM": read_cm}
@@ -165,17 +165,11 @@ def test_validate_scan_reports_a_damaged_file(dataset, kind, month, index, data)
 
 
 def test_tiff_with_damaged_strips_is_rejected_quietly(tmp_path, capfd):
-  # tifffile reads this file after logging that the strip byte counts are missing (the pixels
-  # would be whatever it guesses): the reader calls it damaged and prints nothing itself.
+  # tifffile reads this file after logging that the strip byte counts are missing: the reader
+  # calls it damaged and prints nothing itself.
   path = tmp_path / "image.tif"
   tifffile.imwrite(path, np.ones((SIZE, SIZE), np.uint16))
-  data = bytearray(path.read_bytes())
-  [ifd] = struct.unpack_from("<I", data, 4)
-  for i in range(struct.unpack_from("<H", data, ifd)[0]):
-    entry = ifd + 2 + 12 * i
-    if struct.unpack_from("<H", data, entry)[0] == 279:  # StripByteCounts
-      struct.pack_into("<H", data, entry, 65000)  # an unknown private tag instead
-  path.write_bytes(data)
+  drop_strip_byte_counts(path)
   with pytest.raises(InputError, match=r"^.*image.tif: not a readable TIFF \(damaged: "):
     read_cm(path, SIZE)
   assert capfd.readouterr() == ("", "")

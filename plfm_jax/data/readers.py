@@ -3,41 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import sys
-import threading
 
 import numpy as np
 import tifffile
 import tqdm
 
+from plfm_jax import tiff_warnings
 from plfm_jax.data.layout import Scan, Series
 from plfm_jax.errors import InputError
-
-
-class _TiffWarnings(logging.Filter):
-  """Takes the warnings tifffile logs while this thread reads a file, instead of printing them.
-
-  tifffile reads many damaged files after logging a warning (a missing strip becomes zeros, a
-  broken tag is dropped); such a file is reported as damaged rather than half read, and the
-  warnings, printed by Python's last-resort handler, would break the one-line error output.
-  """
-
-  def __init__(self):
-    super().__init__()
-    self.thread = threading.get_ident()
-    self.messages: list[str] = []
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    if record.thread != self.thread or record.levelno < logging.WARNING:
-      return True
-    self.messages.append(record.getMessage())
-    return False
-
-
-def _first_line(text: str) -> str:
-  return text.strip().split("\n", 1)[0]
 
 
 def _read_tiff(path: str | os.PathLike, bands: int, what: str, image_size: int) -> np.ndarray:
@@ -46,30 +21,26 @@ def _read_tiff(path: str | os.PathLike, bands: int, what: str, image_size: int) 
   The shape in the header is checked before any pixel is decoded: a damaged header can declare
   billions of pixels, whose allocation would exhaust the memory instead of naming the file.
   """
-  capture = _TiffWarnings()
-  tifffile_log = logging.getLogger("tifffile")
-  tifffile_log.addFilter(capture)
   shape_error = None
-  try:
-    with tifffile.TiffFile(path) as tif:
-      if not tif.series:
-        raise InputError(path, "not a readable TIFF (it holds no image)")
-      declared = tif.series[0].shape
-      planar = _is_planar(path, declared, bands, what, image_size)
-      image = tif.series[0].asarray()
-  except InputError as e:
-    shape_error = e
-  except Exception as e:  # pylint: disable=broad-except
-    # tifffile reports damaged files through many types (TiffFileError, ValueError, zlib.error,
-    # struct.error, OSError, ...); each one means the same thing to a user: this file is unusable.
-    raise InputError(path, f"not a readable TIFF ({type(e).__name__}: {_first_line(str(e))})"
-                     ) from e
-  finally:
-    tifffile_log.removeFilter(capture)
-  if capture.messages:
+  with tiff_warnings.captured() as warnings:
+    try:
+      with tifffile.TiffFile(path) as tif:
+        if not tif.series:
+          raise InputError(path, "not a readable TIFF (it holds no image)")
+        declared = tif.series[0].shape
+        planar = _is_planar(path, declared, bands, what, image_size)
+        image = tif.series[0].asarray()
+    except InputError as e:
+      shape_error = e
+    except Exception as e:  # pylint: disable=broad-except
+      # tifffile reports damaged files through many types (TiffFileError, ValueError,
+      # zlib.error, struct.error, OSError, ...); each means the same to a user: unusable file.
+      raise InputError(path, "not a readable TIFF "
+                       f"({type(e).__name__}: {tiff_warnings.first_line(str(e))})") from e
+  if warnings:
     # Damage also explains a declared shape that looks wrong.
-    raise InputError(path, f"not a readable TIFF (damaged: {_first_line(capture.messages[0])})"
-                     ) from shape_error
+    raise InputError(path, "not a readable TIFF "
+                     f"(damaged: {tiff_warnings.first_line(warnings[0])})") from shape_error
   if shape_error is not None:
     raise shape_error
   if image.shape != declared:

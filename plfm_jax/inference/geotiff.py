@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 import tifffile
 
+from plfm_jax import tiff_warnings
 from plfm_jax.errors import InputError
 
 # The georeference of a GeoTIFF: tag code -> name.
@@ -218,29 +219,34 @@ def open_raster(path: str | os.PathLike, *, what: str, bands: int,
 
   Raises:
     InputError: missing, not a TIFF, several samples per image depth, wrong bands or dtype,
-      truncated, or undecodable.
+      truncated, damaged (tifffile logs a warning reading it), or undecodable.
   """
   path = pathlib.Path(path)
   if not path.is_file():
     raise InputError(path, "no such file")
-  try:
-    tif = tifffile.TiffFile(path)
-  except Exception as e:  # pylint: disable=broad-except
-    raise InputError(path, f"not a readable TIFF ({type(e).__name__}: {e})") from e
-  try:
-    if not tif.pages or tif.pages[0].imagedepth != 1:
-      raise InputError(path, "expected a 2-D image (no pages or a volume)")
-    if tif.pages[0].dtype is None:
-      raise InputError(path, "unsupported sample format or bit depth")
-    raster = Raster(path, tif)
-    if raster.bands != bands:
-      raise InputError(path, f"expected {bands} band(s) ({what}), found {raster.bands}")
-    if not dtype_ok(raster.dtype):
-      raise InputError(path, f"expected {what} of dtype {dtype_wanted}, found {raster.dtype}")
-    raster.check()
-  except Exception:
-    tif.close()
-    raise
+  with tiff_warnings.captured() as warnings:
+    try:
+      tif = tifffile.TiffFile(path)
+    except Exception as e:  # pylint: disable=broad-except
+      raise InputError(path, "not a readable TIFF "
+                       f"({type(e).__name__}: {tiff_warnings.first_line(str(e))})") from e
+    try:
+      if not tif.pages or tif.pages[0].imagedepth != 1:
+        raise InputError(path, "expected a 2-D image (no pages or a volume)")
+      if tif.pages[0].dtype is None:
+        raise InputError(path, "unsupported sample format or bit depth")
+      raster = Raster(path, tif)
+      if raster.bands != bands:
+        raise InputError(path, f"expected {bands} band(s) ({what}), found {raster.bands}")
+      if not dtype_ok(raster.dtype):
+        raise InputError(path, f"expected {what} of dtype {dtype_wanted}, found {raster.dtype}")
+      raster.check()
+      if warnings:
+        raise InputError(path, "not a readable TIFF "
+                         f"(damaged: {tiff_warnings.first_line(warnings[0])})")
+    except Exception:
+      tif.close()
+      raise
   return raster
 
 
