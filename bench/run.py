@@ -290,6 +290,10 @@ def _span(s: dict[str, float], scale: float = 1.0) -> str:
   return f"{s['median'] * scale:.3g} ({s['min'] * scale:.3g}-{s['max'] * scale:.3g})"
 
 
+def _or_dash(value: Any) -> str:
+  return "-" if value is None else str(value)
+
+
 def format_table(result: dict[str, Any]) -> str:
   """The human-readable summary printed at the end of the run."""
   rows = result["train"]
@@ -352,11 +356,12 @@ def format_table(result: dict[str, Any]) -> str:
       f">={pipe['target']:.0f}x: {'met' if pipe['met'] else 'MISSED'}); peak RSS "
       f"{pipe['peak_rss_mib']:.0f} MiB",
       "parameters (params + BN statistics, JAX / Keras / reference): " + "; ".join(
-          f"{name} {c.get('jax')} / {c.get('keras')} / {c.get('reference', '-')}"
-          f"{'' if c['match'] else ' MISMATCH'}" for name, c in result["param_counts"].items()),
-      "Keras steps updated: " + "; ".join(
+          f"{name} {_or_dash(c.get('jax'))} / {_or_dash(c.get('keras'))} / "
+          f"{_or_dash(c.get('reference'))}{'' if c['match'] else ' MISMATCH'}"
+          for name, c in result["param_counts"].items()),
+      "Keras steps updated: " + ("; ".join(
           f"{stage}: {', '.join(f'{k} {v}' for k, v in (u or {}).items()) or 'not measured'}"
-          for stage, u in result["keras_updates"].items()),
+          for stage, u in result["keras_updates"].items()) or "not measured (--skip-keras)"),
       f"all targets met: {result['all_targets_met']}; wall time {result['wall_seconds']:.0f} s",
   ]
   return "\n".join(lines)
