@@ -157,7 +157,8 @@ def train(spec: dict[str, Any]) -> Iterator[dict[str, Any]]:
     times = measure.time_repeats(step, warmup=spec["warmup"], repeats=repeats)
     results.append({"batch": batch_size, "seconds": measure.stats(times),
                     "compile_seconds": compile_seconds, "executed_flops": executed,
-                    "model_flops": flops, "step_memory_gib": needed / 2**30, "peak_rss_mib": measure.peak_rss_mib()})
+                    "model_flops": flops, "step_memory_gib": needed / 2**30,
+                    "peak_rss_mib": measure.peak_rss_mib()})
     yield result
 
 

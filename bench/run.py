@@ -343,7 +343,8 @@ def format_table(result: dict[str, Any]) -> str:
       "",
       "times: median (min-max) seconds; speed-up = Keras median / JAX median; MFU = model FLOPs "
       "(XLA cost analysis, direct convolutions) / step time / matmul peak",
-      f"matmul peak ({result['settings']['dtype']} {peak['n']}^2, best repeat): {peak['peak_gflops']:.0f} GFLOP/s; "
+      f"matmul peak ({result['settings']['dtype']} {peak['n']}^2, best repeat): "
+      f"{peak['peak_gflops']:.0f} GFLOP/s; "
       f"start {_span(peak['start'])}, end {_span(peak['end'])} GFLOP/s",
       f"inference ({inf['conv_impl']}, batch {inf['batch']}, {inf['tile']} px): "
       f"{_span(inf['tiles_per_second'])} tiles/s -> {inf['granule']['pixels']} px granule "

@@ -42,4 +42,3 @@ def configure(debug: bool = False) -> None:
   if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     cache = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache"))
     jax.config.update("jax_compilation_cache_dir", str(cache / "plfm_jax" / "xla"))
-

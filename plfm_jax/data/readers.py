@@ -10,7 +10,7 @@ import numpy as np
 import tifffile
 import tqdm
 
-from plfm_jax import tiff_warnings
+from plfm_jax import tiff_errors
 from plfm_jax.data.layout import Scan, Series
 from plfm_jax.errors import InputError
 
@@ -22,7 +22,7 @@ def _read_tiff(path: str | os.PathLike, bands: int, what: str, image_size: int) 
   billions of pixels, whose allocation would exhaust the memory instead of naming the file.
   """
   shape_error = None
-  with tiff_warnings.captured() as warnings:
+  with tiff_errors.captured_warnings() as warnings:
     try:
       with tifffile.TiffFile(path) as tif:
         if not tif.series:
@@ -33,14 +33,10 @@ def _read_tiff(path: str | os.PathLike, bands: int, what: str, image_size: int) 
     except InputError as e:
       shape_error = e
     except Exception as e:  # pylint: disable=broad-except
-      # tifffile reports damaged files through many types (TiffFileError, ValueError,
-      # zlib.error, struct.error, OSError, ...); each means the same to a user: unusable file.
-      raise InputError(path, "not a readable TIFF "
-                       f"({type(e).__name__}: {tiff_warnings.first_line(str(e))})") from e
+      raise tiff_errors.unreadable(path, e) from e
   if warnings:
     # Damage also explains a declared shape that looks wrong.
-    raise InputError(path, "not a readable TIFF "
-                     f"(damaged: {tiff_warnings.first_line(warnings[0])})") from shape_error
+    raise tiff_errors.damaged(path, warnings) from shape_error
   if shape_error is not None:
     raise shape_error
   if image.shape != declared:

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 import tifffile
 
-from plfm_jax import tiff_warnings
+from plfm_jax import tiff_errors
 from plfm_jax.errors import InputError
 
 # The georeference of a GeoTIFF: tag code -> name.
@@ -224,12 +224,11 @@ def open_raster(path: str | os.PathLike, *, what: str, bands: int,
   path = pathlib.Path(path)
   if not path.is_file():
     raise InputError(path, "no such file")
-  with tiff_warnings.captured() as warnings:
+  with tiff_errors.captured_warnings() as warnings:
     try:
       tif = tifffile.TiffFile(path)
     except Exception as e:  # pylint: disable=broad-except
-      raise InputError(path, "not a readable TIFF "
-                       f"({type(e).__name__}: {tiff_warnings.first_line(str(e))})") from e
+      raise tiff_errors.unreadable(path, e) from e
     try:
       if not tif.pages or tif.pages[0].imagedepth != 1:
         raise InputError(path, "expected a 2-D image (no pages or a volume)")
@@ -242,8 +241,7 @@ def open_raster(path: str | os.PathLike, *, what: str, bands: int,
         raise InputError(path, f"expected {what} of dtype {dtype_wanted}, found {raster.dtype}")
       raster.check()
       if warnings:
-        raise InputError(path, "not a readable TIFF "
-                         f"(damaged: {tiff_warnings.first_line(warnings[0])})")
+        raise tiff_errors.damaged(path, warnings)
     except Exception:
       tif.close()
       raise

@@ -4,7 +4,7 @@ Two implementations of a TF/Keras 'SAME' NHWC x HWIO convolution:
 - "lax": `jax.lax.conv_general_dilated`, the right choice on GPU/TPU.
 - "matmul": dense matmuls with a custom VJP, for XLA:CPU, whose convolution backward pass runs
   at a fraction of its matmul speed. Stride-1 float32 3x3 and 4x4 convs with >= 64 channels
-  on both sides over >= 4096 output pixels use Winograd F(6x6, 3x3) / F(5x5, 4x4): a fifth of
+  on both sides over >= 1024 output pixels use Winograd F(6x6, 3x3) / F(5x5, 4x4): a fifth of
   the multiplies (a third for 4x4), as 64 batched matmuls. Small convs (images up to 64 x 64
   with few channels) and strided convs over >= 1024 output pixels stay on lax.conv (measured
   as fast there). Everything else uses im2col (or col2im) around one matmul per pass. See
@@ -285,8 +285,7 @@ def _wino_output_transpose(dy: jax.Array, k: int) -> jax.Array:
   m, th, tw = _tiling(k, h, w)
   d = jnp.pad(dy, ((0, 0), (0, th * m - h), (0, tw * m - w), (0, 0)))
   d = d.reshape(n, th, m, tw, m, c).transpose(2, 4, 0, 1, 3, 5)  # (m, m, N, th, tw, C)
-  d = _small_matmul(_output_matrix(k, dy.dtype).T, d.reshape(m * m, n * th * tw, c))
-  return d
+  return _small_matmul(_output_matrix(k, dy.dtype).T, d.reshape(m * m, n * th * tw, c))
 
 
 def _kernel_matrix(k: int, dtype: Any) -> jax.Array:

@@ -16,9 +16,8 @@ previous cell state for the backward pass instead of every intermediate of the u
 
 from __future__ import annotations
 
-from typing import Any, Sequence
-
 import functools
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax

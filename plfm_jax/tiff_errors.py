@@ -1,4 +1,4 @@
-"""Takes the warnings tifffile logs while a thread reads a file, instead of printing them.
+"""tifffile's warnings and exceptions turned into one-line `InputError`s.
 
 tifffile reads many damaged files after logging a warning (a missing strip becomes zeros, a
 broken tag is dropped); readers report such a file as damaged rather than half read, and the
@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from typing import Iterator
+
+from plfm_jax.errors import InputError
 
 
 class _Capture(logging.Filter):
@@ -29,7 +32,7 @@ class _Capture(logging.Filter):
 
 
 @contextlib.contextmanager
-def captured() -> Iterator[list[str]]:
+def captured_warnings() -> Iterator[list[str]]:
   """Within the block, tifffile's warnings from this thread go to the yielded list."""
   capture = _Capture()
   log = logging.getLogger("tifffile")
@@ -40,5 +43,18 @@ def captured() -> Iterator[list[str]]:
     log.removeFilter(capture)
 
 
-def first_line(text: str) -> str:
+def _first_line(text: str) -> str:
   return text.strip().split("\n", 1)[0]
+
+
+def unreadable(path: str | os.PathLike, error: Exception) -> InputError:
+  """The error for a file tifffile failed on. It reports damage through many exception types
+  (TiffFileError, ValueError, zlib.error, struct.error, OSError, ...); each means the same to a
+  user: this file is unusable."""
+  return InputError(path, f"not a readable TIFF ({type(error).__name__}: "
+                    f"{_first_line(str(error))})")
+
+
+def damaged(path: str | os.PathLike, warnings: list[str]) -> InputError:
+  """The error for a file tifffile read only after logging `warnings` (not empty)."""
+  return InputError(path, f"not a readable TIFF (damaged: {_first_line(warnings[0])})")
