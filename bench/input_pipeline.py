@@ -39,7 +39,7 @@ def _build(config: Any, quick: bool, data_dir: pathlib.Path, scratch: pathlib.Pa
                                   image_size=size, flat=True)
     source = f"synthetic, {QUICK_SERIES} series"
   measure.log(f"input pipeline: building plfm_series/{size}px from {source} (if not built)")
-  tfds_data.ensure_built(data_dir, manual_dir=raw, image_size=size)
+  tfds_data.ensure_built(data_dir, manual_dir=raw, stored_size=size)
   return source
 
 
@@ -65,7 +65,7 @@ def samples_per_second(spec: dict[str, Any]) -> dict[str, Any]:
     cores_used = (measure.cpu_seconds() - cpu_start) / (time.perf_counter() - start)
   rates = [spec["batches"] * batch_size / t for t in times]
   median = measure.stats(rates)["median"]
-  return {"source": source, "image_size": config.data.image_size, "batch": batch_size,
+  return {"source": source, "image_size": config.data.crop_size, "batch": batch_size,
           "read_threads": data_config["read_threads"], "worker_count": 0,
           "samples_per_second": measure.stats(rates), "cores_used": cores_used,
           "samples_per_second_per_core": median / max(cores_used, 1e-9),

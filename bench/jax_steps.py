@@ -2,7 +2,7 @@
 
 Nothing here re-implements the model: train steps are `plfm_jax.train.steps.jit_steps` on a
 one-device mesh, exactly as `plfm_jax.train.trainer` builds them; inference is
-`plfm_jax.modeling.predict` jitted as `plfm_jax.inference.scene.load_tile_model` does.
+`PLFM.predict` jitted as `plfm_jax.inference.scene.load_tile_model` does.
 
 Run by `bench/run.py` as `python -m bench.jax_steps --spec JSON --out FILE` (see
 `bench.measure.job_main`); jobs: "peak", "train", "inference".
@@ -18,10 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from bench import measure
-from plfm_jax import modeling
 from plfm_jax import runtime
 from plfm_jax.inference import tiling
-from plfm_jax.train import parallel
+from plfm_jax.models.plfm import PLFM, count_variables
+from plfm_jax import sharding
 from plfm_jax.train import steps
 
 # Side of a Sentinel-2 granule (100 km at 10 m).
@@ -59,34 +59,32 @@ def matmul_peak(spec: dict[str, Any]) -> dict[str, Any]:
           "versions": versions()}
 
 
-def _stage_setup(config: Any, stage: str, batch_size: int, models: modeling.PLFMModels,
+def _stage_setup(config: Any, stage: str, batch_size: int, model: PLFM,
                  variables: Any, *, abstract: bool = False) -> tuple[Any, ...]:
   """(jitted train step, state, frozen, batch) of `stage` as the trainer builds them, one device.
 
   abstract: `variables` are shapes (`jax.eval_shape`) and so are the returned arrays.
   """
   spec = steps.STAGES[stage]
-  mesh = parallel.make_mesh(jax.devices()[:1])
+  mesh = sharding.make_mesh(jax.devices()[:1])
   optimizers = steps.make_optimizers(config.train, spec)
-  hyper = steps.Hyper(huber_delta=config.train.huber_delta, l1_weight=config.train.l1_weight,
-                      head_inputs=config.model.head_inputs)
-  train_step, _ = steps.jit_steps(models, spec, hyper, optimizers, parallel.replicated(mesh),
-                                  parallel.batch_sharded(mesh))
+  hyper = steps.Hyper.from_config(config.train)
+  train_step, _ = steps.jit_steps(model, spec, hyper, optimizers, sharding.replicated(mesh),
+                                  sharding.batch_sharded(mesh))
   init_state = lambda v: steps.init_state(v, spec, optimizers)
   frozen = {name: variables[name] for name in spec.frozen}
-  batch = measure.random_batch(batch_size, config.data.image_size, config.data.series_length)
+  batch = measure.random_batch(batch_size, config.data.crop_size, config.data.series_length)
   if abstract:
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
     return train_step, jax.eval_shape(init_state, variables), frozen, batch
   state = init_state(variables)
-  state = parallel.replicate(state, mesh)
-  return (train_step, state, parallel.replicate(frozen, mesh),
-          parallel.global_batch(batch, mesh))
+  state = sharding.replicate(state, mesh)
+  return (train_step, state, sharding.replicate(frozen, mesh),
+          sharding.global_batch(batch, mesh))
 
 
 def _init_kwargs(config: Any) -> dict[str, Any]:
-  return dict(image_size=config.data.image_size, series_length=config.data.series_length,
-              head_inputs=config.model.head_inputs)
+  return dict(image_size=config.data.crop_size, series_length=config.data.series_length)
 
 
 def model_flops(quick: bool, stage: str, batch_size: int, dtype: str) -> float:
@@ -98,10 +96,10 @@ def model_flops(quick: bool, stage: str, batch_size: int, dtype: str) -> float:
   not need the minutes a paper-size compile takes.
   """
   config = measure.bench_config(quick, "lax", dtype)
-  models = modeling.build_models(config.model)
-  variables = jax.eval_shape(
-      lambda key: modeling.init_variables(models, key, **_init_kwargs(config)), jax.random.key(0))
-  train_step, state, frozen, batch = _stage_setup(config, stage, batch_size, models, variables,
+  model = PLFM.from_config(config.model)
+  variables = jax.eval_shape(lambda key: model.init(key, **_init_kwargs(config)),
+                             jax.random.key(0))
+  train_step, state, frozen, batch = _stage_setup(config, stage, batch_size, model, variables,
                                                   abstract=True)
   return float(train_step.lower(state, frozen, batch).cost_analysis()["flops"])
 
@@ -120,16 +118,16 @@ def train(spec: dict[str, Any]) -> Iterator[dict[str, Any]]:
   the last one's figure is that batch's peak).
   """
   config = measure.bench_config(spec["quick"], spec["conv_impl"], spec["dtype"])
-  models = modeling.build_models(config.model)
-  variables = modeling.init_variables(models, jax.random.key(0), **_init_kwargs(config))
-  counts = {name: modeling.count_variables(v) for name, v in variables.items()}
+  model = PLFM.from_config(config.model)
+  variables = model.init(jax.random.key(0), **_init_kwargs(config))
+  counts = {name: count_variables(v) for name, v in variables.items()}
   results = []
-  result = {"framework": "jax", "stage": spec["stage"], "conv_impl": models.temporal.impl,
+  result = {"framework": "jax", "stage": spec["stage"], "conv_impl": model.temporal.impl,
             "default_path": spec["conv_impl"] == "auto", "param_counts": counts,
             "results": results, "versions": versions()}
   for batch_size, repeats in zip(spec["batches"], spec["repeats"]):
     measure.log(f"jax {spec['stage']} ({spec['conv_impl']}) batch {batch_size}: compiling")
-    train_step, state, frozen, batch = _stage_setup(config, spec["stage"], batch_size, models,
+    train_step, state, frozen, batch = _stage_setup(config, spec["stage"], batch_size, model,
                                                     variables)
     start = time.perf_counter()
     compiled = train_step.lower(state, frozen, batch).compile()
@@ -163,21 +161,20 @@ def train(spec: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 
 def inference(spec: dict[str, Any]) -> dict[str, Any]:
-  """Tiles per second of the full PLFM forward (`modeling.predict`) on batches of tiles.
+  """Tiles per second of the full PLFM forward (`PLFM.predict`) on batches of tiles.
 
   Also the seconds a 10980 x 10980 granule implies: its number of windows with
   `predict_scene`'s default overlap (a quarter of the tile) over the tile rate.
   """
   config = measure.bench_config(spec["quick"], dtype=spec["dtype"])
-  models = modeling.build_models(config.model)
-  variables = modeling.init_variables(models, jax.random.key(0), **_init_kwargs(config))
-  head_inputs = config.model.head_inputs
+  model = PLFM.from_config(config.model)
+  variables = model.init(jax.random.key(0), **_init_kwargs(config))
 
   @jax.jit
   def fused(variables: dict, batch: dict) -> jax.Array:
-    return modeling.predict(models, variables, batch, head_inputs=head_inputs)["fused"]
+    return model.predict(variables, batch)["fused"]
 
-  batch_size, tile = spec["batch"], config.data.image_size
+  batch_size, tile = spec["batch"], config.data.crop_size
   batch = {k: jnp.asarray(v) for k, v in measure.random_batch(
       batch_size, tile, config.data.series_length).items() if k != "target"}
   measure.log(f"jax inference batch {batch_size}: compiling and timing")
@@ -186,7 +183,7 @@ def inference(spec: dict[str, Any]) -> dict[str, Any]:
   rates = [batch_size / t for t in times]
   overlap = tile // 4
   windows = len(tiling.TileGrid(GRANULE_PIXELS, GRANULE_PIXELS, tile, overlap))
-  return {"tile": tile, "batch": batch_size, "conv_impl": models.temporal.impl,
+  return {"tile": tile, "batch": batch_size, "conv_impl": model.temporal.impl,
           "seconds_per_batch": measure.stats(times), "tiles_per_second": measure.stats(rates),
           "granule": {"pixels": GRANULE_PIXELS, "overlap": overlap, "windows": windows,
                       "seconds": windows / measure.stats(rates)["median"]},

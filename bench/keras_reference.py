@@ -1,4 +1,4 @@
-"""Keras 3 / TensorFlow re-creation of the reference PLFM (REFERENCE.md section 1), for timing.
+"""Keras 3 / TensorFlow re-creation of the reference PLFM (docs/reference_model.md), for timing.
 
 The same layers, initialisers (Keras defaults), losses and optimiser as the authors' Keras code:
 - temporal: ConvLSTM2D 128, 64, 32 (3x3, relu, BatchNorm after the first two, the last returns
@@ -155,7 +155,7 @@ class HeadStep(keras.Model):
 def build_stage(stage: str, config: Any) -> tuple[keras.Model, dict[str, keras.Model]]:
   """The compiled model whose `train_on_batch` is one step of `stage`, and the component models
   it holds, by name."""
-  size, dates = config.data.image_size, config.data.series_length - 1
+  size, dates = config.data.crop_size, config.data.series_length - 1
   model_config = config.model
   if stage == "temporal":
     model = temporal_branch(tuple(model_config.temporal_features), size, dates)
@@ -211,7 +211,7 @@ def train(spec: dict[str, Any]) -> Iterator[dict[str, Any]]:
   for batch_size, repeats in zip(spec["batches"], spec["repeats"]):
     measure.log(f"keras {spec['stage']} batch {batch_size}: tracing and timing")
     x, y = stage_data(spec["stage"], measure.random_batch(
-        batch_size, config.data.image_size, config.data.series_length))
+        batch_size, config.data.crop_size, config.data.series_length))
     times = measure.time_repeats(lambda: model.train_on_batch(x, y), warmup=spec["warmup"],
                                  repeats=repeats)
     results.append({"batch": batch_size, "seconds": measure.stats(times),

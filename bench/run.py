@@ -24,11 +24,11 @@ from bench import measure
 from plfm_jax import hugepages
 
 STAGES = ("temporal", "gan", "head")
-# Our train step must beat the Keras reference by these factors (issue 7).
+# Our train step must beat the Keras reference by these factors.
 SPEEDUP_TARGETS = {"temporal": 1.5, "gan": 1.5, "head": 1.0}
 # The input pipeline must deliver samples this many times faster than training consumes them.
 PIPELINE_TARGET = 10.0
-# Exact reference counts, params + BatchNorm statistics (REFERENCE.md section 1), paper widths.
+# Exact reference counts, params + BatchNorm statistics (docs/reference_model.md), paper widths.
 REFERENCE_PARAM_COUNTS = {"temporal": 1159139, "generator": 66626819,
                           "discriminator": 11047809, "head": 4173635}
 FULL = {"batches": (1, 8), "peak_n": 4096, "inference_batch": 8, "pipeline_batch": 8,
@@ -268,7 +268,8 @@ def summarize(raw: dict[str, Any], args: argparse.Namespace, started: float,
                    "threads": measure.cores(), "lax_batches": list(lax_batches(args)),
                    "dtype": args.dtype, "skip_keras": args.skip_keras,
                    "command": " ".join(sys.argv),
-                   "glibc_tunables": os.environ.get("GLIBC_TUNABLES")},
+                   "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
+                   "huge_pages": hugepages.enabled()},
       "load_average": {"before": load_before, "after": measure.load_average()},
       "matmul_peak": {"n": raw["peak_start"]["n"], "start": raw["peak_start"]["gflops"],
                       "end": raw["peak_end"]["gflops"], "peak_gflops": peak_gflops},
@@ -300,7 +301,9 @@ def format_table(result: dict[str, Any]) -> str:
   lines = [f"PLFM benchmark on {result['machine']['cpu_model']}, {result['machine']['cores']} "
            f"cores ({result['machine']['jax_backend']}); load average before "
            f"{result['load_average']['before']}, after {result['load_average']['after']}",
-           f"GPU: {result['gpu']}", ""]
+           f"GPU: {result['gpu']}",
+           "malloc huge pages: " + ("on" if result["settings"].get("huge_pages") else
+                                    "off (run through `make bench` to turn them on)"), ""]
   header = ("stage", "batch", "JAX path", "JAX s/step", "Keras s/step", "speed-up", "target",
             "MFU JAX", "MFU Keras", "RSS JAX MiB", "RSS Keras MiB")
   default_impl = next((r["conv_impl"] for r in rows if r["default_path"]), None)
@@ -388,7 +391,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-  # Every worker, JAX and Keras alike, inherits the malloc settings that the project's commands
-  # run with (plfm_jax.runtime.configure), so that ratios compare code, not allocators.
-  hugepages.restart_with_huge_pages()
+  # Every worker, JAX and Keras alike, inherits this process's malloc settings (`make bench`
+  # sets the huge-page tunable, plfm_jax/hugepages.py), so that ratios compare code, not
+  # allocators; the result records them.
   main()

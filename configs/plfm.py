@@ -1,12 +1,20 @@
-"""PLFM configuration: `--config configs/plfm.py[:variant]`.
+"""PLFM configuration: `--config configs/plfm.py[:variant[,variant...]]`.
 
-Variants:
-  paper  (default) the reference: 256 px, reference widths and hyper-parameters, batch 1.
-  demo   tiny widths at 64 px on synthetic data; every stage finishes on 2 CPU cores in minutes.
-  gpu    paper widths, global batch 64, bfloat16 compute, lax convolutions (one or more GPUs).
-  tpu_pod  paper widths, global batch 1024, bfloat16 compute, multi-host data parallelism.
-  real_sample  64 px crops, reduced widths, 400 steps per stage: the real sample on 2 CPU cores
-         (scripts/real_sample_results.py, docs/results.md).
+A variant is a named set of overrides of the base config (the paper's reference); several,
+separated by commas, apply in order, e.g. `configs/plfm.py:plus,small`.
+
+  paper  (default, no overrides) the reference: 256 px, reference widths, losses,
+         normalisation and hyper-parameters, batch 1.
+  plus   beyond the paper: reflectance normalisation, a temporal branch that corrects a gap-filling
+         prior fitted to the cloudy date's clear pixels, a head that sees the cloudy date and
+         corrects the temporal output, GroupNorm, losses weighted towards the clouds
+         (docs/results.md has the ablation of each switch).
+  small  sized for 2 CPU cores: 64 px crops, widths 16, a few hundred steps per stage at a higher
+         learning rate (the real sample: scripts/real_sample_results.py, docs/results.md).
+  demo   `plus` with tiny widths at 64 px on synthetic data written into the workdir; every stage
+         finishes on 2 CPU cores in minutes.
+  gpu    global batch 64, bfloat16 compute, lax convolutions (one or more GPUs).
+  tpu_pod  global batch 1024, bfloat16 compute, multi-host data parallelism.
 
 Every field is documented where it is set. Override any of them on the command line, e.g.
 `--config.data.tfds_dir=/data/tfds --config.model.dtype=bfloat16`.
@@ -14,9 +22,9 @@ Every field is documented where it is set. Override any of them on the command l
 
 from __future__ import annotations
 
-import ml_collections
+from typing import Callable
 
-VARIANTS = ("paper", "demo", "gpu", "tpu_pod", "real_sample")
+import ml_collections
 
 
 def data_config() -> ml_collections.ConfigDict:
@@ -28,14 +36,19 @@ def data_config() -> ml_collections.ConfigDict:
       manual_dir="",
       # Size of the stored patches (selects the TFDS builder config `<size>px`).
       stored_size=256,
-      # Size of the crops fed to the model (random crops in training, centre crops otherwise).
-      image_size=256,
+      # Size of the random crops training feeds the model.
+      crop_size=256,
+      # Size of the centre crops validation and evaluation read; 0 = whole stored patches.
+      eval_crop_size=0,
       # Dates per series: T-1 earlier dates feed the temporal branch, the last is the target.
       series_length=4,
       # S2 normalisation: "minmax" (reference: per image to [0, 1]) or "reflectance" (x / 10000).
       s2_normalization="minmax",
       # Random horizontal/vertical flips in training, the same for every date and for S1.
       flips=True,
+      # Train on half the series read backwards (the first date restored from the later ones):
+      # trends of the other direction, as in another season.
+      time_reversal=False,
       # Simulated clouds on the last date (the real patches are cloud-free).
       clouds=ml_collections.ConfigDict(dict(
           # Fraction of the image covered, drawn uniformly from this range per sample.
@@ -75,6 +88,33 @@ def model_config() -> ml_collections.ConfigDict:
       # Head inputs: "branches" (reference: temporal ++ SAR outputs) or "branches+cloudy" (also
       # the cloudy target image and its cloud mask).
       head_inputs="branches",
+      # The temporal branch's prior: "none" (reference: the branch outputs the image itself) or a
+      # gap-filling method it corrects (plfm_jax/models/gapfill.py: "persistence",
+      # "temporal_mean", "temporal_median", "matched_persistence", "matched_mean",
+      # "matched_regression"); its last layer starts at zero, so before training it is the prior.
+      temporal_prior="none",
+      # Feed the temporal branch the earlier dates matched band by band (gain and offset) to the
+      # cloudy date's clear pixels, instead of as they are.
+      match_history=False,
+      # What the head outputs: "image" (reference: the fused image), "residual" (a correction
+      # added to the temporal branch's image) or "affine" (per pixel and band, a gain of the
+      # cloudy image against the temporal one, a contrast gain and an offset; see
+      # plfm_jax/models/plfm.py). Residual and affine heads equal the temporal image before
+      # training.
+      head_output="image",
+      # In inference, scale the temporal branch's correction per image and band by the weight in
+      # [0, 1] that fits it best to the cloudy date's clear pixels (needs a temporal_prior).
+      calibrate_temporal=False,
+      # The fused image keeps the cloudy date's clear pixels (as the composite does): the head
+      # restores only the cloud-covered ones, and only they count in its loss.
+      keep_clear_pixels=False,
+      # The networks see optical images standardised per sample and band by the mean and
+      # standard deviation of the earlier dates, and output corrections in those units, instead
+      # of images in [-1, 1] (reference).
+      standardize=False,
+      # Normalisation layers: "batch" (reference: BatchNorm, running averages at inference) or
+      # "group" (GroupNorm: per-sample statistics, no running averages).
+      norm="batch",
       # Convolution implementation: "auto" (Winograd / im2col matmuls on CPU, lax.conv on
       # accelerators), "lax" or "matmul" (plfm_jax/models/conv.py).
       conv_impl="auto",
@@ -100,6 +140,9 @@ def train_config() -> ml_collections.ConfigDict:
       patience=10,
       # Adam (Keras defaults, learning rate 2e-4 as the reference).
       learning_rate=2e-4,
+      # Steps of a linear learning-rate warm-up from 0, followed by a cosine decay to 0 at the
+      # stage's last step; 0 = a constant learning rate (reference).
+      warmup_steps=0,
       adam_b1=0.9,
       adam_b2=0.999,
       adam_eps=1e-7,
@@ -109,6 +152,9 @@ def train_config() -> ml_collections.ConfigDict:
       l1_weight=80.0,
       # Delta of the temporal branch's Huber loss.
       huber_delta=1.0,
+      # Weight of a cloud-covered pixel relative to a clear one in the temporal branch's and the
+      # head's losses (1: every pixel alike, the reference).
+      cloud_loss_weight=1.0,
       # Validation batches per epoch; -1 = the whole validation split.
       validation_steps=-1,
       # Also save a resumable checkpoint every this many steps (and always at each epoch's end).
@@ -122,13 +168,102 @@ def train_config() -> ml_collections.ConfigDict:
   ))
 
 
+def plus(config: ml_collections.ConfigDict) -> None:
+  """Beyond the paper: the settings that won on validation data (docs/results.md)."""
+  config.data.s2_normalization = "reflectance"
+  config.model.temporal_prior = "matched_regression"
+  config.model.match_history = True
+  config.model.head_inputs = "branches+cloudy"
+  config.model.head_output = "affine"
+  config.model.calibrate_temporal = True
+  config.model.keep_clear_pixels = True
+  config.data.time_reversal = True
+  config.model.standardize = True
+  config.model.norm = "group"
+  config.train.cloud_loss_weight = 4.0
+  # Residual outputs start at zero: a short warm-up keeps Adam's first, full-size steps from
+  # throwing them far off, and the corrections they learn are small.
+  config.train.learning_rate = 3e-4
+  config.train.warmup_steps = 100
+
+
+def small(config: ml_collections.ConfigDict) -> None:
+  """Sized for 2 CPU cores: the real sample in minutes, far below the paper's widths."""
+  config.batch_size = 4
+  # Small crops buy steps; validation and evaluation still read whole patches.
+  config.data.crop_size = 64
+  config.model.temporal_features = (16, 16, 16)
+  config.model.generator_features = 16
+  config.model.discriminator_features = 16
+  config.model.head_features = 16
+  # The reference's 2e-4 would barely move the weights in a few hundred steps.
+  config.train.learning_rate = 1e-3
+  config.train.num_epochs = 8
+  config.train.steps_per_epoch = 50
+  # Every epoch runs: with 3 validation series, a few epochs without a better loss are noise,
+  # and a residual head needs most of its steps. The best epoch's checkpoint is kept.
+  config.train.patience = 8
+  config.train.checkpoint_every_steps = 50
+  config.train.log_every_steps = 10
+
+
+def demo(config: ml_collections.ConfigDict) -> None:
+  """`plus` with tiny widths on embedded synthetic data: all stages in minutes on 2 CPU cores."""
+  plus(config)
+  config.batch_size = 4
+  config.data.stored_size = 64
+  config.data.crop_size = 64
+  config.data.synthetic = True
+  config.model.temporal_features = (16, 8, 8)
+  config.model.generator_features = 8
+  config.model.discriminator_features = 8
+  config.model.head_features = 8
+  # A few hundred steps per stage: with the reference's 2e-4 the branches would barely leave
+  # their initialisation in that time.
+  config.train.learning_rate = 2e-3
+  config.train.num_epochs = 5
+  config.train.steps_per_epoch = 50
+  config.train.patience = 3
+  config.train.checkpoint_every_steps = 50
+  config.train.log_every_steps = 10
+
+
+def gpu(config: ml_collections.ConfigDict) -> None:
+  """One or more GPUs: a larger batch in bfloat16 on lax convolutions."""
+  config.batch_size = 64
+  config.model.dtype = "bfloat16"
+  config.model.conv_impl = "lax"
+  # The reference's learning rate is kept: it has not been tuned for large batches yet.
+  config.train.log_every_steps = 20
+  config.data.worker_count = 8
+
+
+def tpu_pod(config: ml_collections.ConfigDict) -> None:
+  """A TPU pod slice: a global batch of 1024 in bfloat16 over all hosts."""
+  gpu(config)
+  config.batch_size = 1024
+
+
+VARIANTS: dict[str, Callable[[ml_collections.ConfigDict], None]] = {
+    "paper": lambda config: None,
+    "plus": plus,
+    "small": small,
+    "demo": demo,
+    "gpu": gpu,
+    "tpu_pod": tpu_pod,
+}
+
+
 def get_config(variant: str = "paper") -> ml_collections.ConfigDict:
-  """Returns the configuration of `variant` (one of VARIANTS)."""
-  variant = variant or "paper"
-  if variant not in VARIANTS:
-    raise ValueError(f"unknown config variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+  """The configuration of `variant`: names of VARIANTS separated by commas, applied in order."""
+  names = [name.strip() for name in (variant or "paper").split(",")]
+  unknown = [name for name in names if name not in VARIANTS]
+  if unknown:
+    raise ValueError(f"unknown config variant {unknown[0]!r}; choose from "
+                     f"{', '.join(VARIANTS)} (several separated by commas)")
   config = ml_collections.ConfigDict()
-  config.variant = variant
+  # The variant names this config was built from, as given.
+  config.variant = ",".join(names)
   # Seed for parameter initialisation, shuffling, augmentation and simulated clouds.
   config.seed = 0
   # Global batch size (split over processes and devices).
@@ -136,47 +271,6 @@ def get_config(variant: str = "paper") -> ml_collections.ConfigDict:
   config.data = data_config()
   config.model = model_config()
   config.train = train_config()
-
-  if variant == "demo":
-    config.batch_size = 4
-    config.data.stored_size = 64
-    config.data.image_size = 64
-    config.data.synthetic = True
-    config.model.temporal_features = (16, 8, 8)
-    config.model.generator_features = 8
-    config.model.discriminator_features = 8
-    config.model.head_features = 8
-    # A few hundred steps per stage: with the reference's 2e-4 the branches would barely leave
-    # their initialisation in that time (the temporal branch needs ~300 steps at 2e-3).
-    config.train.learning_rate = 2e-3
-    config.train.num_epochs = 5
-    config.train.steps_per_epoch = 50
-    config.train.patience = 3
-    config.train.checkpoint_every_steps = 50
-    config.train.log_every_steps = 10
-  elif variant in ("gpu", "tpu_pod"):
-    config.batch_size = 64 if variant == "gpu" else 1024
-    config.model.dtype = "bfloat16"
-    config.model.conv_impl = "lax"
-    # The reference's learning rate is kept: it has not been tuned for large batches yet.
-    config.train.log_every_steps = 20
-    config.data.worker_count = 8
-  elif variant == "real_sample":
-    # Train on zone_9_a of the real sample, evaluate on zone_9_b (scripts/real_sample_results.py):
-    # sized to finish on a shared 2-core CPU in under half an hour, far below the paper's widths.
-    # Small crops buy steps: the ConvLSTM's BatchNorm averages (momentum 0.99) need a few hundred
-    # steps to forget their initial values; after 100 the branch scored 10 dB worse in inference.
-    config.batch_size = 4
-    config.data.image_size = 64
-    config.model.temporal_features = (16, 16, 16)
-    config.model.generator_features = 16
-    config.model.discriminator_features = 16
-    config.model.head_features = 16
-    # The reference's 2e-4 would barely move the weights in a few hundred steps.
-    config.train.learning_rate = 1e-3
-    config.train.num_epochs = 8
-    config.train.steps_per_epoch = 50
-    config.train.patience = 3
-    config.train.checkpoint_every_steps = 50
-    config.train.log_every_steps = 10
+  for name in names:
+    VARIANTS[name](config)
   return config

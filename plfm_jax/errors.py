@@ -10,15 +10,35 @@ from typing import Callable, Iterator, NoReturn, Sequence
 # Exit status for bad input, as distinct from crashes (1) and usage errors from argparse (2 as well,
 # which is deliberate: both mean "the command line or its inputs are wrong").
 INPUT_ERROR_EXIT = 2
+# Exit status of a training run that diverged: the inputs were fine, the optimisation was not.
+DIVERGED_EXIT = 3
 
 
-class InputError(Exception):
-  """A problem with a user-supplied file or folder: `path: problem`, one line."""
+class UserError(Exception):
+  """An error a person can act on, told as one line `path: problem`; `exit_status` for CLIs."""
+  exit_status = 1
 
   def __init__(self, path: str | os.PathLike, problem: str):
     self.path = os.fspath(path)
     self.problem = problem
     super().__init__(printable(f"{self.path}: {problem}"))
+
+
+class InputError(UserError):
+  """A problem with a user-supplied file or folder."""
+  exit_status = INPUT_ERROR_EXIT
+
+
+class TrainingDiverged(UserError):
+  """A non-finite loss: the stage stopped and its last good checkpoint stays."""
+  exit_status = DIVERGED_EXIT
+
+  def __init__(self, stage_dir: str | os.PathLike, what: str, step: int, good_step: int | None):
+    kept = ("no checkpoint was saved before it" if good_step is None else
+            f"kept the last good checkpoint, step {good_step}")
+    super().__init__(stage_dir, f"training diverged: {what} at step {step}; {kept}. Lower "
+                     "train.learning_rate or check the data, then rerun to resume (with "
+                     "--allow_config_change for a changed config)")
 
 
 def printable(text: str) -> str:
@@ -32,17 +52,17 @@ def printable(text: str) -> str:
 
 @contextlib.contextmanager
 def exit_on_input_error(debug: bool = False) -> Iterator[None]:
-  """Turns an InputError (or Ctrl-C) inside the block into one line on stderr and an exit status.
+  """Turns a UserError (or Ctrl-C) inside the block into one line on stderr and its exit status.
 
   With `debug` the exception propagates with its traceback.
   """
   try:
     yield
-  except InputError as e:
+  except UserError as e:
     if debug:
       raise
     print(f"error: {e}", file=sys.stderr)
-    sys.exit(INPUT_ERROR_EXIT)
+    sys.exit(e.exit_status)
   except KeyboardInterrupt:
     if debug:
       raise
@@ -51,7 +71,7 @@ def exit_on_input_error(debug: bool = False) -> Iterator[None]:
 
 
 def run_cli(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] | None = None) -> NoReturn:
-  """Runs `main(argv)` and exits; an InputError becomes one line on stderr and exit code 2.
+  """Runs `main(argv)` and exits; a UserError becomes one line on stderr and its exit status.
 
   `--debug` anywhere on the command line is removed from argv and lets the traceback through.
   """

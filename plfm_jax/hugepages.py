@@ -1,4 +1,4 @@
-"""Transparent huge pages for malloc: a process restarts itself with glibc's `hugetlb` tunable.
+"""Transparent huge pages for malloc: glibc's `hugetlb` tunable, set where a process starts.
 
 glibc serves every allocation above 32 MiB with a fresh `mmap` and unmaps it on `free`, so each
 XLA:CPU step faults its gigabytes of activations in again, 4 KiB at a time. Where the kernel
@@ -6,9 +6,12 @@ grants transparent huge pages only on request (`/sys/kernel/mm/transparent_hugep
 = madvise, the common default), `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` makes malloc request
 them, and a fault maps 2 MiB: a PLFM temporal train step on a 2-core virtual machine ran 30%
 faster (bench/README.md), with the same resident memory. glibc reads tunables only when a
-program starts, hence the restart. `PLFM_HUGE_PAGES=0` turns it off.
+program starts, so the environment has to hold it before: the Makefile exports what
 
-Importable without JAX.
+    python -m plfm_jax.hugepages
+
+prints (the GLIBC_TUNABLES value to use, or nothing where it would change nothing), and so can a
+job script. `PLFM_HUGE_PAGES=0` turns it off. Importable without JAX.
 """
 
 from __future__ import annotations
@@ -57,13 +60,10 @@ def environment(environ: Mapping[str, str], *, glibc: tuple[int, ...] | None = N
   return {**environ, "GLIBC_TUNABLES": ":".join(filter(None, [tunables, f"{TUNABLE}=1"]))}
 
 
-def restart_with_huge_pages() -> None:
-  """Re-executes this process's command line with the tunable, where `environment` adds it.
+def enabled(environ: Mapping[str, str] = os.environ) -> bool:
+  """Whether `environ` (default: this process's) asks malloc for huge pages."""
+  return f"{TUNABLE}=1" in environ.get("GLIBC_TUNABLES", "")
 
-  Call first thing in a command-line entry point: nothing done before it survives.
-  """
-  env = environment(os.environ)
-  if env is not None:
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+
+if __name__ == "__main__":
+  print((environment(os.environ) or {}).get("GLIBC_TUNABLES", ""))

@@ -8,8 +8,6 @@ import pathlib
 import jax
 from absl import logging
 
-from plfm_jax import hugepages
-
 
 # XLA:CPU's default concurrency-optimised scheduler keeps independent work in flight at once;
 # for PLFM's train steps that held far more memory (temporal stage, batch 8 at 256 px: 17.3 GiB
@@ -27,16 +25,15 @@ def _add_xla_flags(flags: dict[str, str]) -> None:
 
 
 def configure(debug: bool = False) -> None:
-  """Huge pages for malloc, quiet library logs and a persistent XLA compilation cache.
+  """Quiet library logs, XLA's memory-minimising scheduler and a persistent compilation cache.
 
   Orbax and TFDS log every file operation at INFO and routine notes as warnings (e.g. for every
   custom patch size); a person wants progress bars, results and real errors, unless debugging.
   Compiled programs are cached on disk (`$JAX_COMPILATION_CACHE_DIR`, else
   `~/.cache/plfm_jax/xla`), so a resumed or repeated run starts in seconds instead of minutes.
-  First the process restarts itself once where glibc's malloc should ask for transparent huge
-  pages (`plfm_jax.hugepages`); then `_XLA_FLAGS` are set, before JAX starts its backend.
+  `_XLA_FLAGS` are set before JAX starts its backend. Huge pages for malloc are the process
+  environment's business, set before it starts (`plfm_jax.hugepages`, the Makefile).
   """
-  hugepages.restart_with_huge_pages()
   _add_xla_flags(_XLA_FLAGS)
   logging.set_verbosity(logging.INFO if debug else logging.ERROR)
   if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):

@@ -18,14 +18,14 @@ import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
 
-from plfm_jax import modeling
+from plfm_jax.models.plfm import PLFM, count_variables
 
 
-def component_inputs(config: Any) -> dict[str, tuple[jax.ShapeDtypeStruct, ...]]:
+def component_inputs(config: Any, model: PLFM) -> dict[str, tuple[jax.ShapeDtypeStruct, ...]]:
   """Abstract batch-1 inputs of every component for `config`."""
-  size, length = config.data.image_size, config.data.series_length
+  size, length = config.data.crop_size, config.data.series_length
   image = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-  head_channels = modeling.head_channels(config.model.head_inputs)
+  head_channels = model.head_channels
   return {
       "temporal": (jax.ShapeDtypeStruct((1, length - 1, size, size, 3), jnp.float32),),
       "generator": (image,),
@@ -36,22 +36,21 @@ def component_inputs(config: Any) -> dict[str, tuple[jax.ShapeDtypeStruct, ...]]
 
 def summarize(config: Any) -> list[dict[str, Any]]:
   """One row per component: name, params, batch_stats, total, output shape, forward GFLOPs."""
-  models = modeling.build_models(config.model)
+  model = PLFM.from_config(config.model)
   variables = jax.eval_shape(
-      functools.partial(modeling.init_variables, models, image_size=config.data.image_size,
-                        series_length=config.data.series_length,
-                        head_inputs=config.model.head_inputs),
+      functools.partial(model.init, image_size=config.data.crop_size,
+                        series_length=config.data.series_length),
       jax.random.key(0))
   rows = []
-  for name, inputs in component_inputs(config).items():
-    module = getattr(models, name)
+  for name, inputs in component_inputs(config, model).items():
+    module = getattr(model, name)
     apply = jax.jit(functools.partial(module.apply, train=False))
     cost = apply.lower(variables[name], *inputs).cost_analysis() or {}
     rows.append(dict(
         name=name,
-        params=modeling.count_variables(variables[name]["params"]),
-        batch_stats=modeling.count_variables(variables[name].get("batch_stats", {})),
-        total=modeling.count_variables(variables[name]),
+        params=count_variables(variables[name]["params"]),
+        batch_stats=count_variables(variables[name].get("batch_stats", {})),
+        total=count_variables(variables[name]),
         output_shape=tuple(jax.eval_shape(apply, variables[name], *inputs).shape),
         gflops=cost.get("flops", float("nan")) / 1e9,
     ))
@@ -81,7 +80,7 @@ def run() -> None:
     config = config_flag.value
     rows = summarize(config)
     print(f"PLFM model, config variant {config.variant!r}, "
-          f"{config.data.image_size} px, forward pass per sample")
+          f"{config.data.crop_size} px, forward pass per sample")
     print(format_table(rows))
     print(json.dumps({r["name"]: r["total"] for r in rows}))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -23,10 +23,14 @@ def to_uint8_rgb(image: np.ndarray) -> np.ndarray:
   return (np.clip(image[..., :3], 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-def stretch(image: np.ndarray, low: float = 2.0, high: float = 98.0) -> np.ndarray:
-  """Percentile contrast stretch to [0, 1], as usual for displaying dark surface reflectance."""
-  lo, hi = np.percentile(image, [low, high])
-  return np.clip((image - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
+def stretch_like(reference: np.ndarray, low: float = 2.0,
+                 high: float = 98.0) -> Callable[[np.ndarray], np.ndarray]:
+  """The percentile stretch of each sample of `reference` (B, H, W, C), as a function applying
+  it to other images of the same samples (B, H, W, C'), so that they share one contrast."""
+  lo, hi = np.percentile(np.asarray(reference, np.float32), [low, high], axis=(1, 2, 3),
+                         keepdims=True)
+  span = np.maximum(hi - lo, 1e-6)
+  return lambda image: np.clip((np.asarray(image, np.float32) - lo) / span, 0.0, 1.0)
 
 
 def panel(columns: Mapping[str, np.ndarray], max_rows: int = 4) -> np.ndarray:

@@ -1,28 +1,35 @@
-"""PLFM on the real sample: train on zone_9_a (Jan-Apr), evaluate on zone_9_b (May-Aug).
+"""One cross-season run on the real sample: train on some zones, evaluate on another.
 
-    .venv/bin/python scripts/real_sample_results.py [--sample_root ../shared/data/plfm_sample]
-        [--workdir workdir/real_sample] [--results docs/results.md] [--config.x=y ...]
+    .venv/bin/python scripts/real_sample_results.py --variant plus \\
+        --train_zones zone_9_a --test_zone zone_9_b [--sample_root ../shared/data/plfm_sample] \\
+        [--workdir workdir/real_sample/plus_zone_9_a-zone_9_b] [--results FILE.md] \\
+        [--validation_patches 3] [--config.x=y ...]
 
-The real sample is one flat folder (a single `train` split) holding two zones of 12 patches
-each. This script lays it out as the three splits train.py and evaluate.py expect, with
-symbolic links only (the sample is never copied or modified), in `<workdir>/raw/`:
+The sample's zones are one place in different months (zone_9_a Jan-Apr, zone_9_b May-Aug), so
+training on one and testing on the other measures how a model carries over to another season.
+The sample is one flat folder; this script lays it out as the three splits train.py and
+evaluate.py expect, with symbolic links only (the sample is never copied or modified), in
+`<workdir>/raw/`:
 
-    training/    zone_9_a, all patches but the two highest-numbered
-    validation/  zone_9_a, the two highest-numbered patches (early stopping and checkpoint choice
-                 never see the test zone)
-    test/        zone_9_b, all 12 patches
+    training/    the training zones, all patches but the highest-numbered `validation_patches`
+    validation/  those held-out patches of the training zones (early stopping, checkpoint choice
+                 and the choice of settings never see the test zone)
+    test/        the test zone, every patch
 
-then trains with the `real_sample` config variant (sized for a 2-core CPU), evaluates on `test`
-with simulated clouds, and writes the results table, the exact commands, their wall times and
-the machine to `--results`. Rerunning with the same workdir resumes training where it stopped;
-the reported times are those of the rerun then, and the document says so.
-Extra `--config.x=y` arguments are passed to both train.py and evaluate.py.
+then trains the variant in its CPU size (`configs/plfm.py:small,<variant>`), evaluates the best
+checkpoints on `validation` and `test` (whole 256 px patches, simulated clouds, every baseline),
+and writes a report of this run to `--results`: both tables, the exact commands, their wall
+times and the machine. `<workdir>/eval/{validation,test}/summary.json` hold every number, and
+`<workdir>/run.json` what the report says about the run. Rerunning with the same workdir
+resumes training where it stopped; the reported times are those of the rerun then, and the
+report says so. Extra `--config.x=y` arguments go to both train.py and evaluate.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import math
 import os
 import pathlib
@@ -30,48 +37,57 @@ import shlex
 import subprocess
 import sys
 import time
+from typing import Any, Mapping, Sequence
 
 from plfm_jax.data import layout
 from plfm_jax.errors import InputError, run_cli
 from plfm_jax.evaluation import baselines, report
-from plfm_jax.train import restore, trainer
+from plfm_jax import workdir as workdir_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
-TRAIN_ZONE, TEST_ZONE = "zone_9_a", "zone_9_b"
-VALIDATION_PATCHES = 2
-CONFIG = "configs/plfm.py:real_sample"
-# Evaluation sees the whole 256 px patches; training sees 128 px crops of them (the variant).
-EVAL_OVERRIDES = ("--config.data.image_size=256",)
+DEFAULT_SAMPLE = REPO.parent / "shared" / "data" / "plfm_sample"
+SPLITS = ("validation", "test")
 
 
-def link_splits(sample_root: pathlib.Path, raw: pathlib.Path) -> dict[str, list[int]]:
-  """Creates `raw/{training,validation,test}` of symbolic links into the sample; patches per split.
+def link_splits(sample_root: pathlib.Path, raw: pathlib.Path, train_zones: Sequence[str],
+                test_zone: str, validation_patches: int) -> dict[str, dict[str, list[int]]]:
+  """Creates `raw/{training,validation,test}` of symbolic links into the sample.
+
+  Returns:
+    {split folder: {zone: patches}}.
 
   Raises:
-    InputError: the sample lacks a zone or has too few patches.
+    InputError: a zone is missing or has too few complete series, or the test zone is also a
+      training zone.
   """
+  if test_zone in train_zones:
+    raise InputError(sample_root, f"the test zone {test_zone} is also a training zone")
   scan = layout.scan_dataset(sample_root)
-  patches = {zone: sorted(s.patch for s in scan.all_series() if s.zone == zone)
-             for zone in (TRAIN_ZONE, TEST_ZONE)}
-  for zone, found in patches.items():
-    if len(found) < (VALIDATION_PATCHES + 1 if zone == TRAIN_ZONE else 1):
-      raise InputError(sample_root, f"zone {zone} has {len(found)} complete series; too few")
-  splits = {"training": (TRAIN_ZONE, patches[TRAIN_ZONE][:-VALIDATION_PATCHES]),
-            "validation": (TRAIN_ZONE, patches[TRAIN_ZONE][-VALIDATION_PATCHES:]),
-            "test": (TEST_ZONE, patches[TEST_ZONE])}
   series = {(s.zone, s.patch): s for s in scan.all_series()}
-  for folder, (zone, chosen) in splits.items():
-    for patch in chosen:
-      s = series[(zone, patch)]
-      for modality, files in (("sen1", s.s1), ("sen2", s.rgb + s.cm)):
-        target_dir = raw / folder / modality / zone
-        target_dir.mkdir(parents=True, exist_ok=True)
-        for file in files:
-          link = target_dir / file.name
-          if not link.is_symlink():
-            link.symlink_to(file.resolve())
-  return {folder: chosen for folder, (_, chosen) in splits.items()}
+  patches = {zone: sorted(p for z, p in series if z == zone) for zone in (*train_zones, test_zone)}
+  for zone, found in patches.items():
+    needed = validation_patches + 1 if zone in train_zones else 1
+    if len(found) < needed:
+      zones = sorted({z for z, _ in series})
+      raise InputError(sample_root, f"zone {zone} has {len(found)} complete series, needs "
+                       f"{needed} (zones here: {', '.join(zones) or 'none'})")
+  splits = {
+      "training": {z: patches[z][:len(patches[z]) - validation_patches] for z in train_zones},
+      "validation": {z: patches[z][len(patches[z]) - validation_patches:] for z in train_zones},
+      "test": {test_zone: patches[test_zone]},
+  }
+  for folder, zones in splits.items():
+    for zone, chosen in zones.items():
+      for patch in chosen:
+        s = series[(zone, patch)]
+        for modality, files in (("sen1", s.s1), ("sen2", s.rgb + s.cm)):
+          target_dir = raw / folder / modality / zone
+          target_dir.mkdir(parents=True, exist_ok=True)
+          for file in files:
+            link = target_dir / file.name
+            if not link.is_symlink():
+              link.symlink_to(file.resolve())
+  return splits
 
 
 def run(command: list[str]) -> float:
@@ -83,148 +99,171 @@ def run(command: list[str]) -> float:
 
 
 def machine() -> dict[str, str]:
-  """What the timings were measured on: `uname -a`, CPU count and model, load average."""
-  model = next((line.split(":", 1)[1].strip() for line in
-                pathlib.Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "unknown CPU")
+  """What the timings were measured on: `uname -a`, CPU count and model, ISA, load average."""
+  cpuinfo = pathlib.Path("/proc/cpuinfo").read_text().splitlines()
+  field = lambda name: next((line.split(":", 1)[1].strip() for line in cpuinfo
+                             if line.startswith(name)), "")
   uname = subprocess.run(["uname", "-a"], capture_output=True, text=True, check=True).stdout
-  return {"uname": uname.strip(), "cpus": str(os.cpu_count()), "cpu_model": model,
+  return {"uname": uname.strip(), "cpus": str(os.cpu_count()),
+          "cpu_model": field("model name") or "unknown CPU",
+          "isa": "AVX-512" if "avx512f" in field("flags").split() else "AVX2 or older",
           "load": " ".join(f"{x:.1f}" for x in os.getloadavg())}
 
 
-def verdict(means: dict[str, dict[str, float]]) -> str:
-  """Whether PLFM fused beats every baseline on cloud-area PSNR and SSIM, in words.
+# The baselines a restoration has to beat: the simple and the matched gap-filling methods.
+GAP_FILLING = ("persistence", "temporal_mean", "temporal_median", "matched_persistence",
+               "matched_mean")
+# Stronger references reported beside them: the prior of `plus` and the model's own branches.
+REFERENCES = ("matched_regression", "temporal_branch", "sar_branch")
 
-  The composite is no baseline: under the clouds it is the fused prediction itself.
-  """
+
+def shortfalls(means: Mapping[str, Mapping[str, float]], method: str, metric: str,
+               against: Sequence[str]) -> list[str]:
+  """The methods of `against` that `method` does not beat on `metric`."""
+  higher = report.higher_is_better(metric)
+  value = means[method][metric]
+  return [m for m in against if m in means and m != method
+          and not math.isnan(means[m][metric])
+          and not (value > means[m][metric] if higher else value < means[m][metric])]
+
+
+def verdict(means: Mapping[str, Mapping[str, float]]) -> str:
+  """Whether PLFM fused and composite beat the gap-filling baselines (and the stronger
+  references) on cloud-area PSNR and SSIM, in words."""
   lines = []
-  for metric, label in (("psnr_cloud", "cloud-area PSNR"), ("ssim_cloud", "cloud-area SSIM")):
-    fused = means["plfm_fused"][metric]
-    better = [baselines.LABELS[m] for m, v in means.items()
-              if m not in ("plfm_fused", "plfm_composite") and not math.isnan(v[metric])
-              and not fused > v[metric]]
-    lines.append(f"- {label}: PLFM fused {fused:.4g}; " + (
-        "beats every baseline." if not better else
-        f"does **not** beat {', '.join(better)}."))
+  for method in ("plfm_fused", "plfm_composite"):
+    for metric, label in (("psnr_cloud", "cloud-area PSNR"), ("ssim_cloud", "cloud-area SSIM")):
+      missed = shortfalls(means, method, metric, GAP_FILLING)
+      line = f"- {baselines.LABELS[method]}, {label} {means[method][metric]:.4g}: " + (
+          "beats every gap-filling baseline" if not missed else
+          "does **not** beat " + ", ".join(f"{baselines.LABELS[m]} ({means[m][metric]:.4g})"
+                                           for m in missed))
+      behind = shortfalls(means, method, metric, REFERENCES)
+      if behind:
+        line += "; below " + ", ".join(f"{baselines.LABELS[m]} ({means[m][metric]:.4g})"
+                                       for m in behind)
+      lines.append(line + ".")
   return "\n".join(lines)
 
 
-def results_markdown(summary: dict, config: dict, commands: list[tuple[str, list[str], float]],
-                     splits: dict[str, list[int]], fresh: bool, sample_root: pathlib.Path) -> str:
-  """docs/results.md: table, verdict, what was trained, how to reproduce, where and how long."""
-  host = machine()
-  total = sum(seconds for _, _, seconds in commands)
-  command_lines = "\n".join(f"{shlex.join(c)}   # {name}: {s / 60:.1f} min"
-                            for name, c, s in commands)
-  split_lines = "\n".join(f"| {folder} | {zone} | {len(splits[folder])} | "
-                          f"{', '.join(map(str, splits[folder]))} |"
-                          for folder, zone in (("training", TRAIN_ZONE),
-                                               ("validation", TRAIN_ZONE), ("test", TEST_ZONE)))
-  clouds, model, train = summary["clouds"], config["model"], config["train"]
-  trained_on = f"{TRAIN_ZONE} of the real sample (`{sample_root}`, Jan-Apr)"
-  run_note = ("from an empty workdir" if fresh else
-              "resuming an existing workdir: the times are those of this rerun")
+def describe_splits(splits: Mapping[str, Mapping[str, list[int]]]) -> str:
+  """The split table of the report."""
+  rows = [f"| {folder} | {zone} | {len(patches)} | {', '.join(map(str, patches))} |"
+          for folder, zones in splits.items() for zone, patches in zones.items()]
+  return "| split | zone | series | patches |\n|---|---|---:|---|\n" + "\n".join(rows)
+
+
+def run_markdown(record: Mapping[str, Any], summaries: Mapping[str, dict]) -> str:
+  """The report of one run: test and validation tables, verdict, settings, reproduction."""
+  test, config = summaries["test"], record["config"]
+  clouds, model, train = test["clouds"], config["model"], config["train"]
   low, high = clouds["coverage_range"]
-  return f"""# Results on the real sample
+  host = record["machine"]
+  total = sum(c["seconds"] for c in record["commands"])
+  commands = "\n".join(f"{shlex.join(c['argv'])}   # {c['name']}: {c['seconds'] / 60:.1f} min"
+                       for c in record["commands"])
+  tables = "\n".join(
+      f"### {split} ({summaries[split]['num_samples']} series)\n\n"
+      + report.markdown_table(summaries[split]["metrics"], baselines.LABELS)
+      for split in ("test", "validation"))
+  return f"""# `{config['variant']}`: train on {', '.join(record['train_zones'])}, test on {record['test_zone']}
 
-PLFM trained on {trained_on} and evaluated on {TEST_ZONE} (May-Aug:
-another place and season), {summary['num_samples']} series of {summary['image_size']} x
-{summary['image_size']} px, under simulated clouds (seed {clouds['seed']}, coverage drawn from
-{low:.0%}-{high:.0%} per sample, measured mean {clouds['mean_coverage']:.1%}; every method sees
-the same clouds).
+Metrics in reflectance (clip(x / 10000, 0, 1)) on whole {test['image_size']} px patches under
+simulated clouds (seed {clouds['seed']}, coverage drawn from {low:.0%}-{high:.0%} per sample;
+measured mean on the test zone {clouds['mean_coverage']:.1%}); every method sees the same clouds.
 
-{report.markdown_table(summary['metrics'], baselines.LABELS)}
-Means over the test series; PSNR in dB, SAM in degrees; `cloud` = cloud-covered pixels only;
-`shifted` = the reference's protocol (5 px border, best shift up to 3 px). Best per column in
-bold. Per-sample values, clear-area metrics and panels: `<workdir>/eval/test/`.
+{tables}
+**Under the clouds, on the test zone:**
 
-**Does PLFM fused beat every baseline under the clouds?** (The composite is not counted: under
-the clouds it is the fused prediction.)
+{verdict(test['metrics'])}
 
-{verdict(summary['metrics'])}
+- model: ConvLSTM {tuple(model['temporal_features'])}, generator {model['generator_features']},
+  discriminator {model['discriminator_features']}, head {model['head_features']}; norm
+  `{model['norm']}`; temporal prior `{model['temporal_prior']}`, matched history
+  {model['match_history']}; head inputs `{model['head_inputs']}`, head output
+  `{model['head_output']}`; standardised inputs {model['standardize']}; S2 normalisation `{config['data']['s2_normalization']}`
+- training: {config['data']['crop_size']} px crops, batch {config['batch_size']}; stages
+  {', '.join(train['stages'])}, at most {train['num_epochs']} epochs of {train['steps_per_epoch']}
+  steps, patience {train['patience']}; Adam {train['learning_rate']:g}; cloud loss weight
+  {train['cloud_loss_weight']:g}; seed {config['seed']}
 
-## What was trained
+{describe_splits(record['splits'])}
 
-A small run, not the paper's: the `real_sample` variant of `configs/plfm.py`, sized so that the
-whole script finishes on a shared 2-core CPU in under half an hour. At the paper's widths and
-256 px, one temporal-branch step alone takes about 12 s on such a CPU (REFERENCE.md section 5),
-so a paper-scale training here would take days; and {len(splits['training'])} training series
-are far too few for it anyway. These numbers test the pipeline end to end on real data; they
-do not measure what PLFM reaches with the paper's data and training.
-
-Small crops buy steps, and the temporal branch needs them: its BatchNorm running averages
-(Keras momentum 0.99) keep 0.99^n of their initial values after n steps. A first run with
-128 px crops and 100 steps per stage left the branch at 11-16 dB PSNR on four training series
-in inference mode (running averages), against 25-29 dB with batch statistics, and at 13.8 dB
-on the test zone.
-
-- crops: {config['data']['image_size']} px random crops of the 256 px patches, flips; batch
-  {config['batch_size']}; evaluation on the whole 256 px patches
-- widths: ConvLSTM {tuple(model['temporal_features'])}, generator {model['generator_features']},
-  discriminator {model['discriminator_features']}, head {model['head_features']} (paper:
-  (128, 64, 32), 128, 128, 32); head inputs `{model['head_inputs']}`
-- schedule: stages {', '.join(train['stages'])}; at most {train['num_epochs']} epochs of
-  {train['steps_per_epoch']} steps each, early stopping after {train['patience']} epochs without
-  a better validation loss; Adam, learning rate {train['learning_rate']:g}
-- S2 normalisation `{config['data']['s2_normalization']}`, seed {config['seed']}
-
-| split | zone | series | patches |
-|---|---|---:|---|
-{split_lines}
-
-The sample is one flat folder; the script links it into these splits (symbolic links, nothing
-copied). Validation (early stopping, best checkpoints) uses held-out {TRAIN_ZONE} patches, so
-the test zone influences nothing before evaluation.
-
-## How to reproduce
+Run ({record['run_note']}):
 
 ```bash
-.venv/bin/python scripts/real_sample_results.py
+{commands}
 ```
 
-which ran ({run_note}):
-
-```bash
-{command_lines}
-```
-
-- total wall time: {total / 60:.1f} min
-- machine: `{host['uname']}`; {host['cpus']} CPUs, {host['cpu_model']}; load average at the
-  end {host['load']} (the machine was shared with other work: the times are upper bounds)
-- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}
+- wall time {total / 60:.1f} min on `{host['uname']}`; {host['cpus']} CPUs, {host['cpu_model']}
+  ({host['isa']}); load average at the end {host['load']}
+- {record['date']}
 """
 
 
 def _repo_relative(path: str | os.PathLike) -> str:
   """`path` relative to the repository root when inside it: commands a reader can paste."""
-  path = pathlib.Path(path)
+  path = pathlib.Path(path).absolute()
   return os.path.relpath(path, REPO) if REPO in path.parents else str(path)
 
 
-def main(argv: list[str]) -> int:
+def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--sample_root", type=pathlib.Path,
-                      default=REPO.parent / "shared" / "data" / "plfm_sample")
-  parser.add_argument("--workdir", type=pathlib.Path, default=REPO / "workdir" / "real_sample")
-  parser.add_argument("--results", type=pathlib.Path, default=REPO / "docs" / "results.md")
+  parser.add_argument("--variant", default="plus",
+                      help="configs/plfm.py variant(s), run in their CPU size (`small,`)")
+  parser.add_argument("--train_zones", default="zone_9_a", help="comma-separated zone names")
+  parser.add_argument("--test_zone", default="zone_9_b")
+  parser.add_argument("--sample_root", type=pathlib.Path, default=DEFAULT_SAMPLE)
+  parser.add_argument("--workdir", type=pathlib.Path, default=None,
+                      help="default workdir/real_sample/<variant>_<train zones>-<test zone>")
+  parser.add_argument("--results", type=pathlib.Path, default=None,
+                      help="report of this run (Markdown); default <workdir>/results.md")
+  parser.add_argument("--validation_patches", type=int, default=3,
+                      help="highest-numbered patches of each training zone held out")
+  parser.add_argument("--allow_config_change", action="store_true",
+                      help="passed to train.py: resume checkpoints saved with other settings")
   args, overrides = parser.parse_known_args(argv)
   unknown = [o for o in overrides if not o.startswith("--config.")]
   if unknown:
     parser.error(f"unrecognised arguments: {' '.join(unknown)}")
-  workdir = args.workdir.absolute()
-  fresh = not workdir.exists()
-  splits = link_splits(args.sample_root, workdir / "raw")
-  common = ["--config", CONFIG, "--workdir", _repo_relative(workdir),
+  args.train_zones = [z for z in args.train_zones.split(",") if z]
+  if args.workdir is None:
+    name = f"{args.variant.replace(',', '+')}_{'+'.join(args.train_zones)}-{args.test_zone}"
+    args.workdir = REPO / "workdir" / "real_sample" / name
+  args.workdir = args.workdir.absolute()
+  args.results = args.results or args.workdir / "results.md"
+  return args, overrides
+
+
+def main(argv: Sequence[str]) -> int:
+  args, overrides = parse_args(argv)
+  workdir = args.workdir
+  fresh = not (workdir / "checkpoints").exists()
+  splits = link_splits(args.sample_root, workdir / "raw", args.train_zones, args.test_zone,
+                       args.validation_patches)
+  common = ["--config", f"configs/plfm.py:small,{args.variant}",
+            "--workdir", _repo_relative(workdir),
             f"--config.data.tfds_dir={_repo_relative(workdir / 'tfds')}", *overrides]
-  train = [_repo_relative(sys.executable), "train.py", *common,
-           f"--config.data.manual_dir={_repo_relative(workdir / 'raw')}"]
-  evaluate = [_repo_relative(sys.executable), "evaluate.py", *common, *EVAL_OVERRIDES,
-              "--split", "test", "--overwrite"]
-  commands = [("train", train, run(train)), ("evaluate", evaluate, run(evaluate))]
-  summary = report.read_summary(workdir / "eval" / "test" / "summary.json")
-  config = trainer.config_dict(restore.saved_config(workdir))
-  report.write_text(args.results, results_markdown(summary, config, commands, splits, fresh,
-                                                   args.sample_root))
+  python = _repo_relative(sys.executable)
+  train = [python, "train.py", *common,
+           f"--config.data.manual_dir={_repo_relative(workdir / 'raw')}",
+           *(["--allow_config_change"] if args.allow_config_change else [])]
+  commands = [("train", train)] + [
+      (f"evaluate {split}", [python, "evaluate.py", *common, "--split", split,
+                             "--overwrite"]) for split in SPLITS]
+  ran = [{"name": name, "argv": command, "seconds": run(command)} for name, command in commands]
+  summaries = {split: report.read_summary(workdir / "eval" / split / "summary.json")
+               for split in SPLITS}
+  record = {
+      "variant": args.variant, "train_zones": args.train_zones, "test_zone": args.test_zone,
+      "splits": splits, "commands": ran, "machine": machine(),
+      "config": workdir_lib.config_dict(workdir_lib.saved_config(workdir)),
+      "run_note": "from an empty workdir" if fresh else
+                  "resuming an existing workdir: the times are those of this rerun",
+      "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+  }
+  report.write_text(workdir / "run.json", json.dumps(record, indent=2) + "\n")
+  report.write_text(args.results, run_markdown(record, summaries))
   print(f"wrote {args.results}")
   return 0
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
 import os
@@ -16,19 +15,21 @@ import numpy as np
 import pytest
 
 from plfm_jax import inception
+from plfm_jax import workdir as workdir_lib
 from plfm_jax.data import synthetic
 from plfm_jax.data import tfds_data
 from plfm_jax.errors import InputError
 from plfm_jax.evaluation import baselines
 from plfm_jax.evaluation import evaluate as evaluation
+from tests.tiny import tiny_config, tiny_flags
+
+# The tests run train.py and evaluate.py in subprocesses: `make test-fast` leaves them out.
+pytestmark = pytest.mark.slow
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SIZE = 32
 NUM_TEST = 5
-# Tiny widths at 32 px; the same on the train.py and evaluate.py command lines.
-MODEL = {"data.stored_size": SIZE, "data.image_size": SIZE, "model.temporal_features": (4, 4, 4),
-         "model.generator_features": 4, "model.discriminator_features": 4,
-         "model.head_features": 4}
+# Tiny widths at 32 px (tests/tiny.py); the same on the train.py and evaluate.py command lines.
 TRAIN = {"batch_size": 2, "train.num_epochs": 1, "train.steps_per_epoch": 2,
          "train.validation_steps": 1}
 # Metrics that average over pixels alone: exactly equal images give exactly equal values. (SSIM's
@@ -43,11 +44,9 @@ def flags(overrides: dict) -> list[str]:
 
 def config(tfds_dir: pathlib.Path, **overrides) -> ml_collections.ConfigDict:
   """configs/plfm.py:demo with the tiny settings, as evaluate.py builds it from its flags."""
-  spec = importlib.util.spec_from_file_location("plfm_config", REPO / "configs" / "plfm.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  cfg = module.get_config("demo")
-  for key, value in {**MODEL, **TRAIN, "data.tfds_dir": str(tfds_dir), **overrides}.items():
+  cfg = tiny_config("demo", size=SIZE)
+  cfg.data.stored_size = SIZE
+  for key, value in {**TRAIN, "data.tfds_dir": str(tfds_dir), **overrides}.items():
     *parents, leaf = key.split(".")
     node = cfg
     for parent in parents:
@@ -70,16 +69,16 @@ def trained(tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path]:
   raw = synthetic.write_synthetic_dataset(
       root / "raw", series_per_split={"training": 4, "validation": 2, "test": NUM_TEST},
       image_size=SIZE)
-  tfds_data.ensure_built(root / "tfds", manual_dir=raw, image_size=SIZE)
+  tfds_data.ensure_built(root / "tfds", manual_dir=raw, stored_size=SIZE)
   out = run("train.py", "--config", "configs/plfm.py:demo", "--workdir", str(root / "work"),
-            f"--config.data.tfds_dir={root / 'tfds'}", *flags(MODEL), *flags(TRAIN))
+            f"--config.data.tfds_dir={root / 'tfds'}", *tiny_flags(SIZE), *flags(TRAIN))
   assert out.returncode == 0, out.stderr[-3000:]
   return root / "work", root / "tfds"
 
 
 def evaluate_command(workdir: pathlib.Path, tfds_dir: pathlib.Path, *extra: str) -> list[str]:
   return ["evaluate.py", "--config", "configs/plfm.py:demo", "--workdir", str(workdir),
-          f"--config.data.tfds_dir={tfds_dir}", *flags(MODEL), "--config.batch_size=2", *extra]
+          f"--config.data.tfds_dir={tfds_dir}", *tiny_flags(SIZE), "--config.batch_size=2", *extra]
 
 
 def read_rows(path: pathlib.Path) -> list[dict[str, str]]:
@@ -203,7 +202,8 @@ def test_config_that_does_not_fit_the_checkpoints(trained):
     evaluation.evaluate(config(tfds_dir, **{"model.head_features": 8}), workdir,
                         split="validation")
   # Numerics-only settings may differ; they are reported, not refused.
-  assert evaluation.check_config(config(tfds_dir, **{"model.time_loop": "scan"}), workdir) == [
+  assert workdir_lib.check_model_config(config(tfds_dir, **{"model.time_loop": "scan"}),
+                                       workdir) == [
       "model.time_loop: 'unroll' -> 'scan'"]
 
 
@@ -227,3 +227,28 @@ def test_fid_of_every_method_against_the_ground_truth(trained, tmp_path):
   assert list(values) == list(baselines.METHODS)
   assert all(math.isfinite(v) and v > 0 for v in values.values()), values
   assert "FID (lower is better): cloudy input" in (out / "summary.md").read_text()
+
+
+def test_reflectance_batch_of_a_minmax_batch_is_the_reflectance_batch():
+  """Scores of every variant share one scale: a min-max batch unscaled with its `s2_scale`
+  is the batch a reflectance model reads (clouds aside, drawn in each normalisation)."""
+  from configs.plfm import data_config
+  from plfm_jax.data import pipeline
+
+  rng = np.random.default_rng(0)
+  record = {"s2": rng.integers(100, 4000, (4, SIZE, SIZE, 3)).astype(np.uint16),
+            "s1": rng.uniform(-20, 0, (4, SIZE, SIZE, 1)).astype(np.float32),
+            "cm": np.zeros((4, SIZE, SIZE), np.uint16), "zone": b"z", "patch": 0,
+            "months": np.arange(1, 5, dtype=np.int32)}
+  cfg = data_config()
+  cfg.stored_size = cfg.crop_size = SIZE
+  batches = {}
+  for normalization in ("minmax", "reflectance"):
+    cfg.s2_normalization = normalization
+    example = pipeline.transform_record(record, np.random.default_rng(1), cfg, train=False)
+    batches[normalization] = {k: v[None] for k, v in example.items()}
+  unscaled = evaluation._reflectance_batch(batches["minmax"])
+  for key in ("history", "target"):
+    np.testing.assert_allclose(unscaled[key], batches["reflectance"][key], atol=1e-6)
+  np.testing.assert_array_equal(batches["minmax"]["cloud_mask"],
+                                batches["reflectance"]["cloud_mask"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from plfm_jax.evaluation import baselines
+from plfm_jax.models import gapfill
 
 
 def hand_made_batch() -> dict[str, np.ndarray]:
@@ -20,7 +21,7 @@ def hand_made_batch() -> dict[str, np.ndarray]:
 
 def test_persistence_is_the_latest_earlier_date():
   batch = hand_made_batch()
-  out = np.asarray(baselines.persistence(batch))
+  out = np.asarray(baselines.BATCH_BASELINES["persistence"](batch))
   assert out.shape == (2, 2, 2, 3)
   np.testing.assert_array_equal(out, batch["history"][:, -1])
   np.testing.assert_allclose(out[0, 0, 0], 0.2)
@@ -29,8 +30,8 @@ def test_persistence_is_the_latest_earlier_date():
 
 def test_temporal_mean_and_median():
   batch = hand_made_batch()
-  mean = np.asarray(baselines.temporal_mean(batch))
-  median = np.asarray(baselines.temporal_median(batch))
+  mean = np.asarray(baselines.BATCH_BASELINES["temporal_mean"](batch))
+  median = np.asarray(baselines.BATCH_BASELINES["temporal_median"](batch))
   np.testing.assert_allclose(mean[0, 0, 0], 0.4, rtol=1e-6)
   np.testing.assert_allclose(median[0, 0, 0], 0.2)
   np.testing.assert_allclose(mean[0, 1, 1], 0.0)
@@ -41,10 +42,15 @@ def test_temporal_mean_and_median():
 def test_method_images_in_report_order():
   batch = hand_made_batch()
   predictions = {k: np.full((2, 2, 2, 3), v, np.float32)
-                 for k, v in (("temporal", 0.1), ("sar", 0.2), ("fused", 0.3), ("composite", 0.4))}
+                 for k, v in (("temporal", 0.1), ("sar_branch", 0.2), ("fused", 0.3),
+                              ("composite", 0.4))}
   images = baselines.method_images(batch, predictions)
   assert tuple(images) == baselines.METHODS
   assert set(baselines.LABELS) == set(baselines.METHODS)
+  # The matched baselines are the gap-filling methods of the model's priors.
+  for name in ("matched_persistence", "matched_mean", "matched_regression"):
+    np.testing.assert_array_equal(images[name], gapfill.METHODS[name](
+        batch["history"], batch["cloudy"], batch["cloud_mask"]))
   np.testing.assert_array_equal(images["cloudy_input"], batch["cloudy"])
   for method, value in (("temporal_branch", 0.1), ("sar_branch", 0.2), ("plfm_fused", 0.3),
                         ("plfm_composite", 0.4)):

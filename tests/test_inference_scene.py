@@ -12,16 +12,18 @@ import numpy as np
 import pytest
 import tifffile
 
-from configs.plfm import get_config
-from plfm_jax import modeling
 from plfm_jax.data.clouds import simulate_clouds
 from plfm_jax.data.normalize import s2_reflectance
 from plfm_jax.data.synthetic import synthesize_zone
 from plfm_jax.errors import InputError
 from plfm_jax.inference import geotiff, scene
-from plfm_jax.train import checkpointing, steps, trainer
+from plfm_jax.models.plfm import PLFM
+from plfm_jax import workdir as workdir_lib
+from plfm_jax.checkpoints import StageCheckpoints
+from plfm_jax.train import steps
 
 from conftest import GEO_TAGS
+from tests.tiny import tiny_config
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 HEIGHT, WIDTH = 700, 913
@@ -65,21 +67,17 @@ def scenes(tmp_path_factory) -> dict:
                                rng)}
 
 
-def tiny_config():
-  config = get_config("demo")
-  config.data.stored_size = config.data.image_size = TILE
-  config.data.s2_normalization = "reflectance"
-  config.model.temporal_features = (4, 4, 4)
-  config.model.generator_features = config.model.discriminator_features = 4
-  config.model.head_features = 4
+def scene_config():
+  # The fused image itself, not kept clear pixels: --no-composite must show it everywhere.
+  config = tiny_config("demo", size=TILE, keep_clear_pixels=False)
+  config.data.stored_size = TILE
   return config
 
 
-def random_variables(models: modeling.PLFMModels, config) -> dict:
+def random_variables(plfm: PLFM, config) -> dict:
   """Random weights of the right shapes, drawn with NumPy: no initialiser to compile."""
   shapes = jax.eval_shape(functools.partial(
-      modeling.init_variables, models, image_size=TILE, series_length=config.data.series_length,
-      head_inputs=config.model.head_inputs), jax.random.key(0))
+      plfm.init, image_size=TILE, series_length=config.data.series_length), jax.random.key(0))
   rng = np.random.default_rng(0)
 
   def fill(path, leaf):
@@ -94,14 +92,13 @@ def random_variables(models: modeling.PLFMModels, config) -> dict:
 def workdir(tmp_path_factory) -> pathlib.Path:
   """A workdir whose best checkpoints hold a tiny random model, as training would leave them."""
   workdir = tmp_path_factory.mktemp("workdir")
-  config = tiny_config()
-  models = modeling.build_models(config.model)
-  variables = random_variables(models, config)
+  config = scene_config()
+  variables = random_variables(PLFM.from_config(config.model), config)
   for stage in ("temporal", "gan", "head"):
-    ckpts = checkpointing.StageCheckpoints(workdir, stage)
+    ckpts = StageCheckpoints(workdir, stage)
     spec = steps.STAGES[stage]
     state = steps.init_state(variables, spec, steps.make_optimizers(config.train, spec))
-    ckpts.save(1, state, {"epoch": 1}, trainer.config_dict(config), best=True)
+    ckpts.save(1, state, {"epoch": 1}, workdir_lib.config_dict(config), best=True)
     ckpts.wait()
     ckpts.close()
   return workdir
@@ -262,6 +259,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli(scenes, workdir, tmp_path):
   inputs = scenes["small"]["inputs"]
   out = tmp_path / "out.tif"

@@ -43,6 +43,7 @@ def test_report_on_valid_dataset(split_root):
   assert "validating" in result.stderr  # the progress bar
 
 
+@pytest.mark.slow
 def test_bad_file_is_one_line_with_exit_code_2(split_root):
   bad = _first_rgb(split_root)
   bad.write_bytes(bad.read_bytes()[:100])
@@ -75,6 +76,7 @@ def test_no_validate_reads_names_only(split_root, capsys):
   assert err == ""
 
 
+@pytest.mark.slow
 def test_layout_error_and_debug_traceback(tmp_path):
   result = _inspect(tmp_path / "missing")
   assert (result.returncode, result.stdout) == (2, "")

@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from plfm_jax import modeling
 from plfm_jax.models import ConvLSTM2D, PatchDiscriminator, TemporalBranch, UNet
 from plfm_jax.models.conv import upsample2x
+from plfm_jax.models.plfm import init_module
 
 
 def np_conv_same(x: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -49,11 +49,11 @@ def np_convlstm(x: np.ndarray, kernel: np.ndarray, recurrent_kernel: np.ndarray,
 
 def init(module: nn.Module, *inputs: jax.Array) -> dict:
   """Inference-mode init, jitted (eager Flax compiles every op separately, which is slow)."""
-  return modeling.init_module(module, jax.random.key(1), *inputs)
+  return init_module(module, jax.random.key(1), *inputs)
 
 
 def init_convlstm(layer: ConvLSTM2D, x: jax.Array) -> dict:
-  """`layer.init`, with the RNG that XLA:CPU compiles fast (see `modeling.init_module`)."""
+  """`layer.init`, with the RNG that XLA:CPU compiles fast (see `plfm.init_module`)."""
   with jax.threefry_partitionable(False):
     return jax.jit(layer.init)(jax.random.key(1), x)
 
@@ -111,7 +111,7 @@ def test_temporal_branch_output_range_and_shape():
   assert y.shape == (2, 16, 16, 3)
   assert float(y.min()) >= 0 and float(y.max()) <= 1
   assert float(y.std()) > 0
-  # Training moves the running statistics (modeling's tests check inference ignores the batch).
+  # Training moves the running statistics (test_plfm checks inference ignores the batch).
   assert not np.allclose(updates["batch_stats"]["BatchNorm_0"]["mean"], 0)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 
+from absl import flags
 import numpy as np
 import pytest
 
@@ -25,11 +26,12 @@ def config(tmp_path_factory):
   root = tmp_path_factory.mktemp("pipeline")
   raw = write_synthetic_dataset(root / "raw", image_size=STORED, series_per_split=SPLIT_SIZES,
                                 patches_per_zone=6)
-  ensure_built(root / "tfds", manual_dir=raw, image_size=STORED)
+  ensure_built(root / "tfds", manual_dir=raw, stored_size=STORED)
   cfg = data_config()
   cfg.tfds_dir = str(root / "tfds")
   cfg.stored_size = STORED
-  cfg.image_size = CROP
+  cfg.crop_size = CROP
+  cfg.eval_crop_size = CROP
   return cfg
 
 
@@ -53,11 +55,28 @@ def test_batch_keys_shapes_dtypes_and_ranges(config):
   [batch] = _batches(config, 1, split="train", global_batch_size=4, train=True, seed=0)
   shapes = {"history": (4, 3, CROP, CROP, 3), "target": (4, CROP, CROP, 3),
             "cloudy": (4, CROP, CROP, 3), "cloud_mask": (4, CROP, CROP, 1),
-            "sar": (4, CROP, CROP, 1)}
+            "sar": (4, CROP, CROP, 1), "s2_scale": (4, 4, 2)}
   assert {k: (v.shape, v.dtype) for k, v in batch.items()} == {
       k: (s, np.float32) for k, s in shapes.items()}
   for key, value in batch.items():
-    assert 0.0 <= value.min() and value.max() <= 1.0, key
+    if key != "s2_scale":
+      assert 0.0 <= value.min() and value.max() <= 1.0, key
+
+
+@pytest.mark.parametrize("normalization", ["minmax", "reflectance"])
+def test_s2_scale_undoes_the_normalisation(config, normalization):
+  cfg = config.copy_and_resolve_references()
+  cfg.s2_normalization = normalization
+  cfg.eval_crop_size = 0  # whole patches
+  [batch] = _batches(cfg, 1, split="validation", global_batch_size=2, train=False, seed=0)
+  assert batch["target"].shape == (2, STORED, STORED, 3)
+  source = data_source(config.tfds_dir, "validation", stored_size=STORED)
+  for i in range(2):
+    s2 = np.asarray(source[i]["s2"], np.float32)
+    dates = np.concatenate([batch["history"][i], batch["target"][i][None]])
+    low, span = batch["s2_scale"][i, :, 0], batch["s2_scale"][i, :, 1]
+    np.testing.assert_allclose(dates * span[:, None, None, None] + low[:, None, None, None],
+                               s2, atol=0.02 * (1 if normalization == "minmax" else 10))
   assert set(np.unique(batch["cloud_mask"])) <= {0.0, 1.0}
 
 
@@ -150,7 +169,7 @@ def test_evaluation_is_the_same_for_any_batch_size_and_sharding(config):
     interleaved = np.stack([halves[0][key], halves[1][key]], axis=1).reshape(by_one[key].shape)
     np.testing.assert_array_equal(interleaved, by_one[key])
   # And it is the documented per-sample function of the record.
-  source = data_source(config.tfds_dir, "validation", image_size=STORED)
+  source = data_source(config.tfds_dir, "validation", stored_size=STORED)
   record = source[2]
   expected = transform_record(record, sample_rng(3, record), config, train=False)
   for key in BATCH_KEYS:
@@ -159,7 +178,7 @@ def test_evaluation_is_the_same_for_any_batch_size_and_sharding(config):
 
 def test_training_shards_cover_the_split_without_overlap(config):
   cfg = config.copy_and_resolve_references()
-  cfg.image_size, cfg.flips = STORED, False  # targets then identify their series
+  cfg.crop_size, cfg.flips = STORED, False  # targets then identify their series
   args = dict(split="train", global_batch_size=4, train=True, seed=0, num_epochs=1)
   everything = _fingerprints(_batches(cfg, **args))
   shards = [_fingerprints(_batches(cfg, shard_index=i, shard_count=2, **args)) for i in range(2)]
@@ -205,13 +224,17 @@ def test_bad_arguments(config):
     make_iterator(config, split="train", global_batch_size=3, train=True, seed=0,
                   shard_index=0, shard_count=2)
   cfg = config.copy_and_resolve_references()
-  cfg.image_size = STORED + 8
+  cfg.crop_size = STORED + 8
   with pytest.raises(ValueError, match="larger than data.stored_size"):
     make_iterator(cfg, split="train", global_batch_size=1, train=True, seed=0)
 
 
 
+@pytest.mark.slow
 def test_worker_processes_give_the_same_batches_and_resume(config):
+  # grain reads its absl flags to start workers; outside absl.app the caller parses them.
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
   cfg = config.copy_and_resolve_references()
   cfg.worker_count = 2
   args = dict(split="train", global_batch_size=4, train=True, seed=2, shard_index=0, shard_count=1)
@@ -225,3 +248,28 @@ def test_worker_processes_give_the_same_batches_and_resume(config):
   finally:
     iterator.close()
     resumed.close()
+
+
+def test_time_reversal_reads_half_the_series_backwards(config):
+  cfg = config.copy_and_resolve_references()
+  cfg.s2_normalization = "reflectance"
+  cfg.time_reversal = True
+  cfg.flips = False
+  cfg.crop_size = cfg.eval_crop_size = STORED
+  source = data_source(config.tfds_dir, "train", stored_size=STORED)
+  record = source[0]
+  s2 = np.asarray(record["s2"], np.float32) / 10000
+  orders = set()
+  for seed in range(12):
+    example = transform_record(record, np.random.default_rng(seed), cfg, train=True)
+    dates = np.concatenate([example["history"], example["target"][None]])
+    forward, backward = np.allclose(dates, s2, atol=1e-6), np.allclose(dates, s2[::-1], atol=1e-6)
+    assert forward != backward, seed
+    orders.add(forward)
+    # The SAR image is the restored date's.
+    expected_s1 = np.asarray(record["s1"])[-1 if forward else 0]
+    np.testing.assert_allclose(example["sar"], s1_db_to_unit(expected_s1), atol=1e-6)
+  assert orders == {True, False}
+  # Evaluation never reverses.
+  example = transform_record(record, np.random.default_rng(0), cfg, train=False)
+  np.testing.assert_allclose(example["target"], s2[-1], atol=1e-6)

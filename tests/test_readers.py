@@ -12,7 +12,7 @@ from plfm_jax.data.readers import read_cm, read_rgb, read_s1, read_series, valid
 from plfm_jax.data.synthetic import write_synthetic_dataset
 from plfm_jax.errors import InputError
 
-from conftest import SYNTHETIC_ZONE, synthetic_file
+from conftest import synthetic_file
 
 SIZE = 16
 

@@ -55,12 +55,12 @@ def test_tfds_build_stops_before_writing(free_bytes, tmp_path):
   free_bytes[0] = needed - 1
   with pytest.raises(InputError, match=rf"building plfm_series/{SIZE}px needs 84 KiB free on "
                      r"/\S*, has 84 KiB$") as info:
-    ensure_built(tmp_path / "tfds", manual_dir=raw, image_size=SIZE)
+    ensure_built(tmp_path / "tfds", manual_dir=raw, stored_size=SIZE)
   assert info.value.path == str(tmp_path / "tfds")
-  assert not is_built(tmp_path / "tfds", image_size=SIZE)
+  assert not is_built(tmp_path / "tfds", stored_size=SIZE)
   assert not list((tmp_path / "tfds").rglob("*.array_record*"))
   free_bytes[0] = needed
-  assert ensure_built(tmp_path / "tfds", manual_dir=raw, image_size=SIZE).info.splits[
+  assert ensure_built(tmp_path / "tfds", manual_dir=raw, stored_size=SIZE).info.splits[
       "train"].num_examples == 3
 
 

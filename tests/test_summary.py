@@ -7,12 +7,15 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 from configs.plfm import get_config
 from plfm_jax import summary
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_cli_prints_paper_counts_as_last_line():
   result = subprocess.run(
       [sys.executable, "-m", "plfm_jax.summary", "--config", "configs/plfm.py:paper"],
@@ -32,7 +35,8 @@ def test_summarize_demo_rows():
   rows = {row["name"]: row for row in summary.summarize(get_config("demo"))}
   assert list(rows) == ["temporal", "generator", "discriminator", "head"]
   assert rows["discriminator"]["output_shape"] == (1, 4, 4, 1)
-  assert rows["head"]["output_shape"] == (1, 64, 64, 3)
+  # The demo (plus) head outputs two gains and an offset per band.
+  assert rows["head"]["output_shape"] == (1, 64, 64, 9)
   for row in rows.values():
     assert row["total"] == row["params"] + row["batch_stats"] > 0
     assert row["gflops"] > 0

@@ -47,10 +47,10 @@ from plfm_jax.data.pipeline import make_iterator
 from plfm_jax.data.tfds_data import data_source, ensure_built
 
 data_dir, manual_dir, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
-builder = ensure_built(data_dir, manual_dir=manual_dir, image_size=size)
-sizes = {split: len(data_source(data_dir, split, image_size=size)) for split in builder.info.splits}
+builder = ensure_built(data_dir, manual_dir=manual_dir, stored_size=size)
+sizes = {split: len(data_source(data_dir, split, stored_size=size)) for split in builder.info.splits}
 config = data_config()
-config.tfds_dir, config.stored_size, config.image_size = data_dir, size, size
+config.tfds_dir, config.stored_size, config.crop_size = data_dir, size, size
 batch = next(make_iterator(config, split="train", global_batch_size=2, train=True, seed=0))
 tf = sorted(m for m in sys.modules if m.split(".")[0] == "tensorflow")
 print(json.dumps({"sizes": sizes, "history": batch["history"].shape, "tensorflow_modules": tf}))
@@ -77,7 +77,7 @@ def _check_built(data_dir: pathlib.Path, raw: pathlib.Path, size: int) -> None:
   """Every split holds exactly the series of the raw dataset, with the contract's features."""
   scan = scan_dataset(raw)
   for split, series_list in scan.splits.items():
-    source = data_source(data_dir, split, image_size=size)
+    source = data_source(data_dir, split, stored_size=size)
     assert len(source) == len(series_list), split
     expected = {(s.zone, s.patch, tuple(MONTHS.index(m) + 1 for m in s.months)): s
                 for s in series_list}
@@ -97,6 +97,7 @@ def _check_built(data_dir: pathlib.Path, raw: pathlib.Path, size: int) -> None:
       np.testing.assert_array_equal(found[identity][name], image)
 
 
+@pytest.mark.slow
 def test_cli_build(raw_root, tmp_path):
   tfds_cli = pathlib.Path(sys.executable).parent / "tfds"
   _run([str(tfds_cli), "build", str(REPO_ROOT / "tfds_builders" / "plfm_series"),
@@ -117,12 +118,12 @@ def test_python_build_without_tensorflow(raw_root, tmp_path):
 def test_flat_layout_and_custom_size(tmp_path):
   raw = write_synthetic_dataset(tmp_path / "raw", image_size=24, series_per_split={"training": 3},
                                 flat=True)
-  builder = ensure_built(tmp_path / "tfds", manual_dir=raw, image_size=24)
+  builder = ensure_built(tmp_path / "tfds", manual_dir=raw, stored_size=24)
   assert builder.builder_config.name == "24px"
   assert dict(builder.info.splits).keys() == {"train"}
   _check_built(tmp_path / "tfds", raw, 24)
   # Built once: a second call reuses it without the raw data.
-  assert ensure_built(tmp_path / "tfds", image_size=24).info.splits["train"].num_examples == 3
+  assert ensure_built(tmp_path / "tfds", stored_size=24).info.splits["train"].num_examples == 3
 
 
 def test_invalid_series_stop_the_build_or_are_skipped(tmp_path, caplog, monkeypatch):
@@ -133,12 +134,12 @@ def test_invalid_series_stop_the_build_or_are_skipped(tmp_path, caplog, monkeypa
   for path in bad:
     path.write_bytes(b"not a tiff")
   with pytest.raises(InputError, match="not a readable TIFF") as error:
-    ensure_built(tmp_path / "strict", manual_dir=raw, image_size=16)
+    ensure_built(tmp_path / "strict", manual_dir=raw, stored_size=16)
   assert error.value.path == str(bad[0])
 
   # Skipping drops the series using a bad file, and the validation split that had only one.
   with caplog.at_level(logging.WARNING):
-    builder = ensure_built(tmp_path / "skip", manual_dir=raw, image_size=16, skip_invalid=True)
+    builder = ensure_built(tmp_path / "skip", manual_dir=raw, stored_size=16, skip_invalid=True)
   assert {k: v.num_examples for k, v in builder.info.splits.items()} == {"train": 3}
   messages = "\n".join(r.getMessage() for r in caplog.records)
   assert all(str(path) in messages for path in bad) and "split validation" in messages
@@ -161,29 +162,29 @@ def test_builder_survives_pickling(tmp_path):
 
 def test_wrong_patch_size_is_an_input_error(raw_root, tmp_path):
   with pytest.raises(InputError, match=f"expected 32 x 32 pixels, found {SIZE} x {SIZE}"):
-    ensure_built(tmp_path, manual_dir=raw_root, image_size=32)
+    ensure_built(tmp_path, manual_dir=raw_root, stored_size=32)
 
 
 def test_missing_dataset_split_or_raw_data(raw_root, tmp_path):
   with pytest.raises(InputError, match="not built here and no raw dataset"):
-    ensure_built(tmp_path / "none", image_size=SIZE)
+    ensure_built(tmp_path / "none", stored_size=SIZE)
   with pytest.raises(InputError, match="does not exist or is empty"):
-    ensure_built(tmp_path / "none", manual_dir=tmp_path / "missing", image_size=SIZE)
+    ensure_built(tmp_path / "none", manual_dir=tmp_path / "missing", stored_size=SIZE)
   with pytest.raises(InputError, match="is not built here"):
-    data_source(tmp_path / "none", "train", image_size=SIZE)
+    data_source(tmp_path / "none", "train", stored_size=SIZE)
   raw = write_synthetic_dataset(tmp_path / "raw", image_size=8, series_per_split={"training": 1})
-  ensure_built(tmp_path / "tfds", manual_dir=raw, image_size=8)
+  ensure_built(tmp_path / "tfds", manual_dir=raw, stored_size=8)
   with pytest.raises(InputError, match=r"no split 'test' \(it has: train\)"):
-    data_source(tmp_path / "tfds", "test", image_size=8)
+    data_source(tmp_path / "tfds", "test", stored_size=8)
   with pytest.raises(InputError, match=r"split 'train\[1:1\]' .* selects no records"):
-    data_source(tmp_path / "tfds", "train[1:1]", image_size=8)
-  assert len(data_source(tmp_path / "tfds", "train[:1]", image_size=8)) == 1
+    data_source(tmp_path / "tfds", "train[1:1]", stored_size=8)
+  assert len(data_source(tmp_path / "tfds", "train[:1]", stored_size=8)) == 1
 
 
 def test_real_sample(sample_root, tmp_path):
-  builder = ensure_built(tmp_path, manual_dir=sample_root, image_size=256)
+  builder = ensure_built(tmp_path, manual_dir=sample_root, stored_size=256)
   assert dict(builder.info.splits).keys() == {"train"}
-  source = data_source(tmp_path, "train", image_size=256)
+  source = data_source(tmp_path, "train", stored_size=256)
   assert len(source) == 24
   months = {}
   for i in range(len(source)):

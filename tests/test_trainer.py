@@ -16,6 +16,10 @@ import pytest
 
 from plfm_jax.data import synthetic
 from plfm_jax.data import tfds_data
+from tests.tiny import tiny_flags
+
+# Every test runs train.py in subprocesses (killed and resumed): `make test-fast` leaves them out.
+pytestmark = pytest.mark.slow
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SIZE = 32
@@ -24,11 +28,7 @@ STEPS = 8  # per stage: 2 epochs of 4 steps
 
 # Tiny widths, 32 px, 2 epochs of 4 steps per stage, a checkpoint every 2 steps. lax.conv: tiny
 # models compile ~3x faster with it than with the shifted-matmul path (tested on its own).
-TINY = [f"--config.data.stored_size={SIZE}", f"--config.data.image_size={SIZE}",
-        "--config.model.conv_impl=lax",
-        "--config.model.temporal_features=(4,4,4)", "--config.model.generator_features=4",
-        "--config.model.discriminator_features=4", "--config.model.head_features=4",
-        "--config.batch_size=2", "--config.train.num_epochs=2", "--config.train.steps_per_epoch=4",
+TINY = [*tiny_flags(SIZE), "--config.model.conv_impl=lax", "--config.batch_size=2", "--config.train.num_epochs=2", "--config.train.steps_per_epoch=4",
         "--config.train.checkpoint_every_steps=2", "--config.train.validation_steps=2"]
 
 
@@ -37,7 +37,7 @@ def tfds_dir(tmp_path_factory) -> pathlib.Path:
   root = tmp_path_factory.mktemp("trainer_data")
   raw = synthetic.write_synthetic_dataset(
       root / "raw", series_per_split={"training": 6, "validation": 2}, image_size=SIZE)
-  tfds_data.ensure_built(root / "tfds", manual_dir=raw, image_size=SIZE)
+  tfds_data.ensure_built(root / "tfds", manual_dir=raw, stored_size=SIZE)
   return root / "tfds"
 
 

@@ -40,6 +40,21 @@ def normalize_s2(s2: np.ndarray, method: str) -> np.ndarray:
                    f"choose one of {', '.join(S2_NORMALIZATIONS)}")
 
 
+def s2_scale(s2: np.ndarray, method: str) -> np.ndarray:
+  """(..., 2) float32 (low, span) per image (..., H, W, C): `normalize_s2(s2, method)` is
+  (s2 - low) / span, clipped to [0, 1] for "reflectance", so x * span + low undoes it."""
+  x = np.asarray(s2, dtype=np.float32)
+  if method == "reflectance":
+    low = np.zeros(x.shape[:-3], np.float32)
+    span = np.full(x.shape[:-3], REFLECTANCE_SCALE, np.float32)
+  else:
+    normalize_s2(x[..., :1, :1, :], method)  # Refuses an unknown method or a bad shape.
+    low = x.min(axis=(-3, -2, -1))
+    span = x.max(axis=(-3, -2, -1)) - low
+    span = np.where(span > 0, span, 1).astype(np.float32)
+  return np.stack([low, span], axis=-1)
+
+
 def s1_db_to_unit(db: np.ndarray) -> np.ndarray:
   """Clips VV backscatter to S1_DB_RANGE (dB) and maps that range linearly to [0, 1]."""
   low, high = S1_DB_RANGE

@@ -16,16 +16,15 @@ from __future__ import annotations
 import zlib
 from typing import Any, Mapping, Sequence
 
-from absl import flags
 import grain
 import jax
 import numpy as np
 
 from plfm_jax.data.clouds import simulate_clouds
-from plfm_jax.data.normalize import normalize_s2, qa60_cloud_mask, s1_db_to_unit
+from plfm_jax.data.normalize import normalize_s2, qa60_cloud_mask, s1_db_to_unit, s2_scale
 from plfm_jax.data.tfds_data import data_source
 
-BATCH_KEYS = ("history", "target", "cloudy", "cloud_mask", "sar")
+BATCH_KEYS = ("history", "target", "cloudy", "cloud_mask", "sar", "s2_scale")
 # Distinguishes the shuffle's seed from the per-sample seeds derived from the same run seed.
 _SHUFFLE_STREAM = 1
 
@@ -42,19 +41,26 @@ def transform_record(record: Mapping[str, Any], rng: np.random.Generator,
                      data_config: Mapping[str, Any], *, train: bool) -> dict[str, np.ndarray]:
   """One `plfm_series` record to one example with the BATCH_KEYS (float32, no batch axis).
 
-  Training crops at a random position and flips at random; evaluation crops the centre and does
-  not flip. The simulated clouds always come from `rng`. Reads `image_size`, `s2_normalization`,
-  `flips` and `clouds` of `data_config` (the `data` section of configs/plfm.py).
+  Training crops `crop_size` at a random position, flips at random and, with `time_reversal`,
+  reads half the series backwards (the earliest date becomes the one to restore, a change of
+  season the training data may lack); evaluation crops the
+  centre (`crop_size`) and does not flip. The simulated clouds always come from `rng`. Reads
+  `crop_size`, `eval_crop_size`, `s2_normalization`, `flips`, `time_reversal` and `clouds` of
+  `data_config`
+  (the `data` section of configs/plfm.py).
   """
-  s2 = np.asarray(record["s2"])
+  s2, s1, cm = (np.asarray(record[k]) for k in ("s2", "s1", "cm"))
+  if train and data_config["time_reversal"] and rng.random() < 0.5:
+    # The series read backwards: the first date restored from the later ones.
+    s2, s1, cm = s2[::-1], s1[::-1], cm[::-1]
   # Only the last date's S1 and QA60 are used; a leading axis of 1 keeps H, W on axes 1 and 2 of
   # every array, so one crop and one flip serve all of them.
-  sar = np.asarray(record["s1"])[-1:]
-  qa60 = np.asarray(record["cm"])[-1:]
+  sar = s1[-1:]
+  qa60 = cm[-1:]
   stored = s2.shape[1]
-  size = data_config["image_size"]
+  size = crop_size(data_config, train=train)
   if size > stored:
-    raise ValueError(f"image_size {size} is larger than the stored patches ({stored} px)")
+    raise ValueError(f"crop size {size} is larger than the stored patches ({stored} px)")
   if train:
     top, left = rng.integers(0, stored - size + 1, size=2)
   else:
@@ -67,6 +73,7 @@ def transform_record(record: Mapping[str, Any], rng: np.random.Generator,
         s2, sar, qa60 = (np.flip(x, axis) for x in (s2, sar, qa60))
 
   # Normalised after cropping: the model sees each image scaled by what it sees, as at inference.
+  scale = s2_scale(s2, data_config["s2_normalization"])
   s2 = normalize_s2(s2, data_config["s2_normalization"])
   target = s2[-1]
   clouds = data_config["clouds"]
@@ -80,7 +87,16 @@ def transform_record(record: Mapping[str, Any], rng: np.random.Generator,
       "cloudy": cloudy,
       "cloud_mask": cloud_mask[..., None].astype(np.float32),
       "sar": s1_db_to_unit(sar[0]),
+      "s2_scale": scale,
   }
+
+
+def crop_size(data_config: Mapping[str, Any], *, train: bool) -> int:
+  """Side of the crops: `crop_size` in training, else `eval_crop_size` (0: whole patches,
+  `stored_size`)."""
+  if train:
+    return data_config["crop_size"]
+  return data_config["eval_crop_size"] or data_config["stored_size"]
 
 
 class _Example:
@@ -141,6 +157,10 @@ def make_iterator(data_config: Mapping[str, Any], *, split: str, global_batch_si
     shard_index, shard_count: this process's shard; default jax.process_index() and
       jax.process_count(). Training gives every shard as many batches; evaluation shards may
       differ by one sample, and so by one (incomplete) batch.
+
+  With `data_config["worker_count"]` > 0, grain reads its absl flags when it starts the
+  workers: programs that do not run under `absl.app` parse them first
+  (`absl.flags.FLAGS.mark_as_parsed()` keeps the defaults).
   """
   if seed < 0:
     raise ValueError(f"seed must be non-negative, got {seed}")
@@ -153,11 +173,12 @@ def make_iterator(data_config: Mapping[str, Any], *, split: str, global_batch_si
   if global_batch_size < 1 or global_batch_size % shard_count:
     raise ValueError(f"global_batch_size {global_batch_size} must be a positive multiple of the "
                      f"shard count {shard_count}")
-  if data_config["image_size"] > data_config["stored_size"]:
-    raise ValueError(f"data.image_size {data_config['image_size']} is larger than "
-                     f"data.stored_size {data_config['stored_size']}")
+  if crop_size(data_config, train=train) > data_config["stored_size"]:
+    raise ValueError(f"the crop size {crop_size(data_config, train=train)} (data.crop_size or "
+                     f"data.eval_crop_size) is larger than data.stored_size "
+                     f"{data_config['stored_size']}")
 
-  source = data_source(data_config["tfds_dir"], split, image_size=data_config["stored_size"])
+  source = data_source(data_config["tfds_dir"], split, stored_size=data_config["stored_size"])
   keys = _record_keys(len(source), train=train, seed=seed, num_epochs=num_epochs,
                       shard_index=shard_index, shard_count=shard_count)
   examples = keys.map(_Example(source, data_config, train=train, seed=seed))
@@ -165,10 +186,6 @@ def make_iterator(data_config: Mapping[str, Any], *, split: str, global_batch_si
                                    prefetch_buffer_size=data_config["prefetch_buffer_size"])
   examples = examples.to_iter_dataset(read_options)
   if data_config["worker_count"] > 0:
-    # grain reads its absl flags when it starts workers; programs without absl.app never parse
-    # them, and the defaults are what they would get.
-    if not flags.FLAGS.is_parsed():
-      flags.FLAGS.mark_as_parsed()
     # Workers take samples round-robin and batching follows, so batches are the same for any
     # worker count (batching inside the workers would group each worker's samples instead).
     examples = examples.mp_prefetch(

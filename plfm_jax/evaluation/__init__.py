@@ -1,4 +1,4 @@
-"""Evaluation of trained PLFM models against baselines (issue 5).
+"""Evaluation of trained PLFM models against baselines.
 
 `evaluate.evaluate(config, workdir, split=...)` runs it; `baselines` holds the methods scored,
 `report` the CSV, JSON and Markdown writers. (The function is not re-exported here: it would

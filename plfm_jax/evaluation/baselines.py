@@ -1,10 +1,11 @@
 """The methods an evaluation scores, each a pure function of the batch (and the model's outputs).
 
-Simple baselines need only the batch: the cloudy input itself, persistence (the most recent
-earlier date) and the per-pixel mean and median of the earlier dates. The model-based methods are
-the outputs of `plfm_jax.modeling.predict`: each branch alone, the fused prediction and the
-composite (fused under clouds, the cloudy input's own pixels elsewhere). All images are
-(B, H, W, 3) in [0, 1]; the functions work on NumPy and JAX arrays alike, inside `jax.jit` too.
+Baselines need only the batch: the cloudy input itself and the gap-filling methods of
+`plfm_jax.models.gapfill` (persistence, the temporal mean and median of the earlier dates, and the
+same matched to the cloudy date's clear pixels). The model-based methods are outputs of
+`PLFM.predict`: each branch alone, the fused prediction and the composite (fused under clouds,
+the cloudy input's own pixels elsewhere). All images are (B, H, W, 3) in [0, 1]; the functions
+work on NumPy and JAX arrays alike, inside `jax.jit` too.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Callable, Mapping
 import jax
 import jax.numpy as jnp
 
+from plfm_jax.models import gapfill
+
 Batch = Mapping[str, jax.Array]
 
 
@@ -22,30 +25,17 @@ def cloudy_input(batch: Batch) -> jax.Array:
   return jnp.asarray(batch["cloudy"])
 
 
-def persistence(batch: Batch) -> jax.Array:
-  """The most recent earlier date (history is oldest first)."""
-  return jnp.asarray(batch["history"])[:, -1]
-
-
-def temporal_mean(batch: Batch) -> jax.Array:
-  """Per-pixel mean of the earlier dates."""
-  return jnp.mean(jnp.asarray(batch["history"]), axis=1)
-
-
-def temporal_median(batch: Batch) -> jax.Array:
-  """Per-pixel median of the earlier dates."""
-  return jnp.median(jnp.asarray(batch["history"]), axis=1)
+def _gapfill(method: gapfill.GapFill) -> Callable[[Batch], jax.Array]:
+  return lambda batch: method(batch["history"], batch["cloudy"], batch["cloud_mask"])
 
 
 BATCH_BASELINES: dict[str, Callable[[Batch], jax.Array]] = {
     "cloudy_input": cloudy_input,
-    "persistence": persistence,
-    "temporal_mean": temporal_mean,
-    "temporal_median": temporal_median,
+    **{name: _gapfill(method) for name, method in gapfill.METHODS.items()},
 }
-# Model-based methods: the key of `modeling.predict`'s output each one is.
+# Model-based methods: the key of `PLFM.predict`'s output each one is.
 MODEL_OUTPUTS = {
-    "sar_branch": "sar",
+    "sar_branch": "sar_branch",
     "temporal_branch": "temporal",
     "plfm_fused": "fused",
     "plfm_composite": "composite",
@@ -57,6 +47,9 @@ LABELS = {
     "persistence": "persistence (latest earlier date)",
     "temporal_mean": "temporal mean",
     "temporal_median": "temporal median",
+    "matched_persistence": "matched persistence",
+    "matched_mean": "matched temporal mean",
+    "matched_regression": "matched regression (all earlier dates)",
     "sar_branch": "SAR branch alone",
     "temporal_branch": "temporal branch alone",
     "plfm_fused": "PLFM fused",
@@ -69,7 +62,7 @@ def method_images(batch: Batch, predictions: Mapping[str, jax.Array]) -> dict[st
 
   Args:
     batch: a batch of the input pipeline ("history", "cloudy", ...).
-    predictions: `modeling.predict`'s outputs for the same batch.
+    predictions: `PLFM.predict`'s outputs for the same batch.
   """
   images = {name: fn(batch) for name, fn in BATCH_BASELINES.items()}
   images.update({name: jnp.asarray(predictions[key]) for name, key in MODEL_OUTPUTS.items()})

@@ -19,12 +19,11 @@ assembled under a temporary name and renamed):
 
 from __future__ import annotations
 
-import math
 import pathlib
 import re
 import shutil
 import time
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -33,27 +32,25 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from plfm_jax import metrics
-from plfm_jax import modeling
+from plfm_jax import sharding
 from plfm_jax import visualize
+from plfm_jax import workdir as workdir_lib
 from plfm_jax.data import pipeline
 from plfm_jax.data import tfds_data
+from plfm_jax.data.prepare import prepare_dataset
 from plfm_jax.data.layout import MONTHS
+from plfm_jax.data.normalize import REFLECTANCE_SCALE
 from plfm_jax.errors import InputError
 from plfm_jax.evaluation import baselines
 from plfm_jax.evaluation import report
-from plfm_jax.train import parallel
-from plfm_jax.train import restore
-from plfm_jax.train import trainer
+from plfm_jax.models.plfm import PLFM
 
 # The components predict() needs, each from the best checkpoint of the stage training it.
 COMPONENTS = ("temporal", "generator", "head")
-# The reference's shifted protocol (REFERENCE.md section 4).
+# The reference's shifted protocol (docs/reference_model.md).
 SHIFTED_PROTOCOL = {"border": 5, "max_shift": 3}
-# Config fields that must equal the checkpoint's: they fix the variables' shapes or what the
-# model was trained to see. Other model fields (dtype, conv_impl, time_loop) only change numerics.
-MUST_MATCH = ("model.temporal_features", "model.generator_features",
-              "model.discriminator_features", "model.head_features", "model.head_inputs",
-              "data.series_length", "data.s2_normalization")
+# Prefix of the metrics computed in the model's own normalisation where it is not reflectance.
+NORMALIZED_PREFIX = "normalized_"
 # Samples per panel image.
 PANEL_ROWS = 4
 
@@ -62,25 +59,6 @@ def output_dir(workdir: str | pathlib.Path, split: str) -> pathlib.Path:
   """`<workdir>/eval/<split>`, a TFDS slice spelled as a folder name: test[:50%] -> test_-50pct."""
   name = split.translate(str.maketrans({"[": "_", "]": "", ":": "-", "%": "pct"}))
   return pathlib.Path(workdir) / "eval" / re.sub(r"[^\w.+-]", "_", name)
-
-
-def check_config(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> list[str]:
-  """Compares `config` with the one the workdir was trained with.
-
-  Returns:
-    Notes on model fields that differ harmlessly (numerics only).
-
-  Raises:
-    InputError: no trained model in `workdir`, or a field of MUST_MATCH differs.
-  """
-  saved = trainer.config_dict(restore.saved_config(workdir))
-  changes = trainer.config_changes(saved, trainer.config_dict(config))
-  field = lambda change: change.split(":", 1)[0]
-  fatal = [c for c in changes if field(c) in MUST_MATCH]
-  if fatal:
-    raise InputError(workdir, "the config differs from the one the model was trained with ("
-                     + "; ".join(fatal) + "); pass the training run's --config and overrides")
-  return [c for c in changes if field(c).startswith("model.")]
 
 
 def _sample_name(record: Mapping[str, Any]) -> str:
@@ -95,71 +73,90 @@ def _to_host(tree: Any) -> Any:
   return multihost_utils.process_allgather(tree, tiled=True)
 
 
-def _make_step(models: modeling.PLFMModels, head_inputs: str):
-  """The jitted evaluation of one global batch: (method images, (B, M) scores, (B,) coverage)."""
+def _to_reflectance(image: jax.Array, scale: jax.Array) -> jax.Array:
+  """Normalised (B, H, W, C) images back to reflectance in [0, 1] with their (B, 2) (low, span)."""
+  low, span = scale[:, None, None, None, 0], scale[:, None, None, None, 1]
+  return jnp.clip((image * span + low) / REFLECTANCE_SCALE, 0.0, 1.0)
+
+
+def _reflectance_batch(batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+  """The batch's images in reflectance, each date unscaled with its own `s2_scale`."""
+  scale = batch["s2_scale"]
+  history = jax.vmap(_to_reflectance, in_axes=(1, 1), out_axes=1)(batch["history"],
+                                                                  scale[:, :-1])
+  return {**batch, "history": history, "cloudy": _to_reflectance(batch["cloudy"], scale[:, -1]),
+          "target": _to_reflectance(batch["target"], scale[:, -1])}
+
+
+def _scores(images: Mapping[str, jax.Array], target: jax.Array,
+            cloud_mask: jax.Array) -> dict[str, jax.Array]:
+  """{metric: (B, M)} of the M methods' images against the target."""
+  # All methods in one (B * M) batch, sample-major so that the batch sharding carries over:
+  # the metrics are compiled once instead of once per method.
+  stacked = jnp.stack(list(images.values()), axis=1)
+  b, m = stacked.shape[:2]
+  flat = stacked.reshape(b * m, *stacked.shape[2:])
+  target = jnp.repeat(target, m, axis=0)
+  scores = metrics.standard_metrics(flat, target, jnp.repeat(cloud_mask, m, axis=0))
+  shifted = metrics.shifted_metrics(flat, target, **SHIFTED_PROTOCOL)
+  scores.update({f"shifted_{k}": v for k, v in shifted.items()})
+  return {k: v.reshape(b, m) for k, v in scores.items()}
+
+
+def _make_step(model: PLFM, normalization: str):
+  """The jitted evaluation of one global batch: (method images, (B, M) scores, (B,) coverage).
+
+  Scores are in reflectance (clip(x / 10000, 0, 1)), the scale every variant shares; for a
+  model trained in another normalisation also in that one, under NORMALIZED_PREFIX. There the
+  baselines are computed from the reflectance of each date, and the model's outputs, which are
+  in the cloudy date's normalisation, are unscaled with that date's (low, span).
+  """
 
   @jax.jit
   def step(variables, batch):
-    predictions = modeling.predict(models, variables, batch, head_inputs=head_inputs)
+    predictions = model.predict(variables, batch)
     images = baselines.method_images(batch, predictions)
-    # All methods in one (B * M) batch, sample-major so that the batch sharding carries over:
-    # the metrics are compiled once instead of once per method.
-    stacked = jnp.stack(list(images.values()), axis=1)
-    b, m = stacked.shape[:2]
-    flat = stacked.reshape(b * m, *stacked.shape[2:])
-    target = jnp.repeat(batch["target"], m, axis=0)
-    scores = metrics.standard_metrics(flat, target, jnp.repeat(batch["cloud_mask"], m, axis=0))
-    shifted = metrics.shifted_metrics(flat, target, **SHIFTED_PROTOCOL)
-    scores.update({f"shifted_{k}": v for k, v in shifted.items()})
-    scores = {k: v.reshape(b, m) for k, v in scores.items()}
-    return images, scores, batch["cloud_mask"].mean(axis=(1, 2, 3))
+    if normalization == "reflectance":
+      return images, _scores(images, batch["target"], batch["cloud_mask"]), _coverage(batch)
+    reflectance = _reflectance_batch(batch)
+    scale = batch["s2_scale"][:, -1]
+    reflectance_images = baselines.method_images(
+        reflectance, {k: _to_reflectance(v, scale) for k, v in predictions.items()})
+    scores = _scores(reflectance_images, reflectance["target"], batch["cloud_mask"])
+    normalized = _scores(images, batch["target"], batch["cloud_mask"])
+    scores.update({NORMALIZED_PREFIX + k: v for k, v in normalized.items()})
+    return images, scores, _coverage(batch)
 
   return step
 
 
-def _global_batches(data_config: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
-                    split: str, num_samples: int, mesh: jax.sharding.Mesh
-                    ) -> Iterator[tuple[dict[str, jax.Array], np.ndarray]]:
-  """(global batch, (B,) split index of each row, -1 for padding), over the split once.
-
-  Process p reads samples p, p + P, p + 2P, ... (`pipeline.make_iterator`'s evaluation shards);
-  its rows of a global batch follow the rows of processes 0..p-1. Every process runs as many
-  batches as the longest shard needs, padding short and missing batches, so that the jitted
-  step runs in lockstep on every host.
-  """
-  processes = jax.process_count()
-  local_size = config.batch_size // processes
-  if num_samples < processes:
-    raise InputError(split, f"has {num_samples} samples, fewer than the {processes} processes")
-  iterator = pipeline.make_iterator(data_config, split=split, global_batch_size=config.batch_size,
-                                    train=False, seed=config.seed, num_epochs=1)
-  num_batches = math.ceil(math.ceil(num_samples / processes) / local_size)
-  first = None
-  for j in range(num_batches):
-    local = next(iterator, None)
-    # A shard shorter than the longest repeats its first batch; those rows are padding.
-    local = first if local is None else trainer.pad_batch(local, local_size)[0]
-    first = local if first is None else first
-    positions = j * local_size + np.arange(local_size)
-    indices = (np.arange(processes)[:, None] + processes * positions[None, :]).ravel()
-    indices[indices >= num_samples] = -1
-    yield parallel.global_batch(local, mesh), indices
+def _coverage(batch: Mapping[str, jax.Array]) -> jax.Array:
+  return batch["cloud_mask"].mean(axis=(1, 2, 3))
 
 
 def _column_order(metric_names) -> list[str]:
-  """All-pixel metrics, then cloud-area, clear-area and shifted-protocol ones."""
-  return sorted(metric_names, key=lambda n: (n.startswith("shifted_"), n.endswith("_clear"),
-                                             n.endswith("_cloud")))
+  """Reflectance before the model's own normalisation; in each, all-pixel metrics, then
+  cloud-area, clear-area and shifted-protocol ones."""
+  def key(name: str) -> tuple[bool, ...]:
+    normalized = name.startswith(NORMALIZED_PREFIX)
+    name = name.removeprefix(NORMALIZED_PREFIX)
+    return normalized, name.startswith("shifted_"), name.endswith("_clear"), name.endswith("_cloud")
+  return sorted(metric_names, key=key)
 
 
 def _panel_columns(batch: Mapping[str, np.ndarray],
                    images: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """The panels' columns; optical images share each sample's contrast stretch (that of its
+  ground truth), so that dark reflectance is visible and the columns compare."""
   history = batch["history"]
-  dates = {f"date t-{history.shape[1] - i}": history[:, i] for i in range(history.shape[1])}
-  return {"cloudy input": batch["cloudy"], "cloud mask": batch["cloud_mask"], **dates,
-          "SAR VV": batch["sar"], "temporal branch": images["temporal_branch"],
-          "SAR branch": images["sar_branch"], "PLFM fused": images["plfm_fused"],
-          "PLFM composite": images["plfm_composite"], "ground truth": batch["target"]}
+  stretch = visualize.stretch_like(batch["target"])
+  dates = {f"date t-{history.shape[1] - i}": stretch(history[:, i])
+           for i in range(history.shape[1])}
+  return {"cloudy input": stretch(batch["cloudy"]), "cloud mask": batch["cloud_mask"], **dates,
+          "SAR VV": batch["sar"], "temporal branch": stretch(images["temporal_branch"]),
+          "SAR branch": stretch(images["sar_branch"]), "PLFM fused": stretch(images["plfm_fused"]),
+          "PLFM composite": stretch(images["plfm_composite"]),
+          "ground truth": stretch(batch["target"])}
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
@@ -169,7 +166,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
 
   Args:
     config: the config the workdir was trained with (configs/plfm.py and the same overrides);
-      `batch_size` and `data.image_size` may differ (the batch size changes no score).
+      `batch_size`, `data.crop_size` and `data.eval_crop_size` may differ (the batch size
+      changes no score). Samples are centre crops of `data.eval_crop_size` (0: whole patches).
     workdir: a train.py workdir.
     split: TFDS split or slice, e.g. "test", "validation", "test[:100]".
     fid_weights: Inception-v3 weights file for FID; None skips FID (summary.json says so).
@@ -184,7 +182,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
       `fid_weights`, no trained model, a config that does not fit it, or an unusable split.
   """
   started = time.perf_counter()
-  parallel.maybe_initialize_distributed()
+  sharding.maybe_initialize_distributed()
   workdir = pathlib.Path(workdir)
   out = output_dir(workdir, split)
   if out.exists() and not overwrite:
@@ -193,26 +191,33 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
     # Refuses unusable weights before the evaluation rather than after it; the FID below then
     # takes them from metrics' cache.
     metrics.load_fid_weights(fid_weights)
-  config_notes = check_config(config, workdir)
+  config_notes = workdir_lib.check_model_config(config, workdir)
   for note in config_notes:
     print(f"note: evaluating with a model setting that differs from training: {note}")
 
-  tfds_dir, _ = trainer.prepare_dataset(config, workdir)
+  tfds_dir, _ = prepare_dataset(config, workdir)
   data_config = config.data.copy_and_resolve_references()
   data_config.tfds_dir = tfds_dir
-  source = tfds_data.data_source(tfds_dir, split, image_size=config.data.stored_size)
+  source = tfds_data.data_source(tfds_dir, split, stored_size=config.data.stored_size)
   num_samples = len(source)
   devices = jax.devices()[:config.train.num_devices] if config.train.num_devices > 0 else None
-  mesh = parallel.make_mesh(devices)
-  parallel.check_batch_size(config.batch_size, mesh)
-  models = modeling.build_models(config.model)
-  variables = restore.best_variables(config, workdir, COMPONENTS, models=models,
-                                     sharding=parallel.replicated(mesh))
+  mesh = sharding.make_mesh(devices)
+  sharding.check_batch_size(config.batch_size, mesh)
+  model = PLFM.from_config(config.model)
+  variables = workdir_lib.best_variables(config, workdir, COMPONENTS, model=model,
+                                     sharding=sharding.replicated(mesh))
 
-  step = _make_step(models, config.model.head_inputs)
+  step = _make_step(model, config.data.s2_normalization)
   results = _Results(num_samples, num_panels, keep_images=fid_weights is not None)
   loop_started = time.perf_counter()
-  for batch, indices in _global_batches(data_config, config, split, num_samples, mesh):
+  if num_samples < jax.process_count():
+    raise InputError(split, f"has {num_samples} samples, fewer than the "
+                     f"{jax.process_count()} processes")
+  local_batches = pipeline.make_iterator(data_config, split=split,
+                                         global_batch_size=config.batch_size, train=False,
+                                         seed=config.seed, num_epochs=1)
+  for batch, indices in sharding.lockstep_batches(local_batches, num_samples=num_samples,
+                                                  global_batch_size=config.batch_size, mesh=mesh):
     results.add(indices, batch, *step(variables, batch))
   loop_seconds = time.perf_counter() - loop_started
 
@@ -231,7 +236,12 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
       "workdir": str(workdir.absolute()),
       "config_variant": config.get("variant", ""),
       "num_samples": num_samples,
-      "image_size": config.data.image_size,
+      "image_size": pipeline.crop_size(config.data, train=False),
+      "s2_normalization": config.data.s2_normalization,
+      "metric_space": ("reflectance, clip(x / 10000, 0, 1); metrics prefixed "
+                       f"{NORMALIZED_PREFIX!r} in the model's {config.data.s2_normalization} "
+                       "normalisation" if config.data.s2_normalization != "reflectance" else
+                       "reflectance, clip(x / 10000, 0, 1)"),
       "methods": list(baselines.METHODS),
       "metrics": {method: metrics.average({k: v[:, i] for k, v in results.scores.items()})
                   for i, method in enumerate(baselines.METHODS)},

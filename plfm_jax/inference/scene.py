@@ -24,15 +24,15 @@ import numpy as np
 import tqdm
 
 from plfm_jax import diskspace
-from plfm_jax import modeling
+from plfm_jax import sharding
+from plfm_jax import workdir as workdir_lib
 from plfm_jax.data.normalize import (REFLECTANCE_SCALE, S2_NORMALIZATIONS, normalize_s2,
                                      s1_db_to_unit)
 from plfm_jax.errors import InputError
 from plfm_jax.inference import cloud_mask as cloud_mask_lib
 from plfm_jax.inference import geotiff
 from plfm_jax.inference import tiling
-from plfm_jax.train import parallel
-from plfm_jax.train import restore
+from plfm_jax.models.plfm import PLFM, composite as composite_images
 
 # The components inference needs (the discriminator only serves training).
 COMPONENTS = ("temporal", "generator", "head")
@@ -96,21 +96,20 @@ def load_tile_model(workdir: str | os.PathLike, *, batch_size: int = 8,
   Raises:
     InputError: no trained model (or a missing stage) in `workdir`.
   """
-  config = restore.saved_config(workdir)
-  models = modeling.build_models(config.model)
-  mesh = parallel.make_mesh(devices)
-  variables = restore.best_variables(config, workdir, COMPONENTS, models=models,
-                                     sharding=parallel.replicated(mesh))
-  head_inputs = config.model.head_inputs
+  config = workdir_lib.saved_config(workdir)
+  model = PLFM.from_config(config.model)
+  mesh = sharding.make_mesh(devices)
+  variables = workdir_lib.best_variables(config, workdir, COMPONENTS, model=model,
+                                     sharding=sharding.replicated(mesh))
 
   @jax.jit
   def fused(variables: dict, batch: dict) -> jax.Array:
-    return modeling.predict(models, variables, batch, head_inputs=head_inputs)["fused"]
+    return model.predict(variables, batch)["fused"]
 
   def predict_tiles(batch: Mapping[str, np.ndarray]) -> jax.Array:
-    return fused(variables, parallel.global_batch(batch, mesh))
+    return fused(variables, sharding.global_batch(batch, mesh))
 
-  return TileModel(predict_tiles=predict_tiles, tile_size=int(config.data.image_size),
+  return TileModel(predict_tiles=predict_tiles, tile_size=int(config.data.crop_size),
                    normalization=config.data.s2_normalization,
                    history_length=int(config.data.series_length) - 1,
                    batch_size=-(-batch_size // mesh.size) * mesh.size)
@@ -317,7 +316,7 @@ def predict_scene(inputs: SceneInputs, out: str | os.PathLike, model: TileModel,
         cloud_pixels += int(mask.sum())
         prediction = np.rint(np.clip(rows, 0, np.iinfo(np.uint16).max)).astype(np.uint16)
         if composite:
-          prediction = np.asarray(modeling.composite(prediction, original, mask[..., None]))
+          prediction = np.asarray(composite_images(prediction, original, mask[..., None]))
         elif cloudy.nodata is not None:
           nodata = np.all(original == cloudy.nodata, axis=-1, keepdims=True)
           prediction = np.where(nodata, original, prediction)

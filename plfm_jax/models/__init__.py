@@ -1,6 +1,7 @@
-"""Flax linen modules of PLFM: temporal ConvLSTM branch, SAR pix2pix U-Net + PatchGAN, fusion head.
+"""Flax linen modules of PLFM and the model that wires them (`plfm_jax.models.plfm.PLFM`).
 
-`plfm_jax.modeling` builds them from the config and wires them together.
+Temporal ConvLSTM branch, SAR pix2pix U-Net + PatchGAN, fusion head; gap-filling methods used as
+priors and baselines (`gapfill`).
 """
 
 from plfm_jax.models.convlstm import ConvLSTM2D, TemporalBranch

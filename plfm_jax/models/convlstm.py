@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from plfm_jax.models.conv import Conv, conv2d
+from plfm_jax.models.norm import norm_layer
 
 TIME_LOOPS = ("unroll", "scan")
 
@@ -121,12 +122,15 @@ class ConvLSTM2D(nn.Module):
 class TemporalBranch(nn.Module):
   """ConvLSTM stack -> Conv(3x3, sigmoid): (B, T, H, W, C) earlier dates -> (B, H, W, 3) in [0, 1].
 
-  BatchNorm follows every ConvLSTM layer but the last, normalising over the whole sequence; the
-  last layer returns only its final hidden state.
+  A normalisation layer follows every ConvLSTM layer but the last, normalising over the whole
+  sequence; the last layer returns only its final hidden state.
 
   Attributes:
     features: ConvLSTM filters per layer (reference: 128, 64, 32).
     out_features: output channels.
+    residual: the last convolution is linear and zero-initialised: the output is a correction
+      to be added to a prior (zero before training) instead of an image.
+    norm: "batch" (reference) or "group", see `norm_layer`.
     time_loop: "unroll" or "scan", see `ConvLSTM2D`.
     impl: convolution implementation ("lax" or "matmul").
     dtype: compute dtype.
@@ -134,6 +138,8 @@ class TemporalBranch(nn.Module):
   """
   features: Sequence[int] = (128, 64, 32)
   out_features: int = 3
+  residual: bool = False
+  norm: str = "batch"
   time_loop: str = "unroll"
   impl: str = "lax"
   dtype: Any = jnp.float32
@@ -146,9 +152,9 @@ class TemporalBranch(nn.Module):
       x = ConvLSTM2D(features, return_sequences=not last, time_loop=self.time_loop,
                      impl=self.impl, dtype=self.dtype, param_dtype=self.param_dtype)(x)
       if not last:
-        x = nn.BatchNorm(use_running_average=not train, momentum=_BN_MOMENTUM,
-                         epsilon=_BN_EPSILON, dtype=self.dtype,
-                         param_dtype=self.param_dtype)(x)
+        x = norm_layer(self.norm, features, train=train, momentum=_BN_MOMENTUM,
+                       epsilon=_BN_EPSILON, dtype=self.dtype, param_dtype=self.param_dtype)(x)
+    init = dict(kernel_init=nn.initializers.zeros) if self.residual else {}
     x = Conv(self.out_features, kernel_size=3, impl=self.impl, dtype=self.dtype,
-             param_dtype=self.param_dtype)(x)
-    return nn.sigmoid(x)
+             param_dtype=self.param_dtype, **init)(x)
+    return x if self.residual else nn.sigmoid(x)

@@ -1,4 +1,8 @@
-"""The PLFM losses (REFERENCE.md section 1), as means over the batch."""
+"""The PLFM losses (reference: docs/reference_model.md), as means over the batch.
+
+`weights` (B, H, W, 1), where given, weighs each pixel of the image losses (e.g. more under
+clouds, `pixel_weights`); without it every pixel counts alike, as in the reference.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +11,29 @@ import jax.numpy as jnp
 import optax
 
 
-def huber(prediction: jax.Array, target: jax.Array, delta: float = 1.0) -> jax.Array:
+def pixel_weights(cloud_mask: jax.Array, cloud_weight: float) -> jax.Array | None:
+  """Per-pixel loss weights: `cloud_weight` under clouds, 1 elsewhere; None when all are 1."""
+  if cloud_weight == 1.0:
+    return None
+  return 1.0 + (cloud_weight - 1.0) * cloud_mask
+
+
+def _mean(values: jax.Array, weights: jax.Array | None) -> jax.Array:
+  if weights is None:
+    return jnp.mean(values)
+  weights = jnp.broadcast_to(weights, values.shape)
+  return jnp.sum(weights * values) / jnp.sum(weights)
+
+
+def huber(prediction: jax.Array, target: jax.Array, delta: float = 1.0,
+          weights: jax.Array | None = None) -> jax.Array:
   """Keras Huber loss (temporal branch)."""
-  return jnp.mean(optax.losses.huber_loss(prediction, target, delta=delta))
+  return _mean(optax.losses.huber_loss(prediction, target, delta=delta), weights)
 
 
-def l1(prediction: jax.Array, target: jax.Array) -> jax.Array:
+def l1(prediction: jax.Array, target: jax.Array, weights: jax.Array | None = None) -> jax.Array:
   """Mean absolute error (head; the generator's reconstruction term)."""
-  return jnp.mean(jnp.abs(prediction - target))
+  return _mean(jnp.abs(prediction - target), weights)
 
 
 def bce_with_logits(logits: jax.Array, label: float) -> jax.Array:

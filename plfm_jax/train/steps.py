@@ -1,7 +1,7 @@
 """Pure train and evaluation steps of the PLFM stages.
 
-A stage trains some components and uses others frozen (inference mode), all from the same
-`PLFMModels`. State of a stage: {"step", "variables": {component: {"params", "batch_stats"}},
+A stage trains some components and uses others frozen (inference mode), all through the same
+`PLFM.forward`. State of a stage: {"step", "variables": {component: {"params", "batch_stats"}},
 "opt_state": {component: optax state}} for its trainable components; `frozen` holds the
 variables of the components it only reads. Every function here is pure and jit-able.
 """
@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from plfm_jax import modeling
+from plfm_jax.models.plfm import PLFM
 from plfm_jax.train import losses
 
 Variables = dict[str, Any]
@@ -48,16 +48,35 @@ COMPONENT_STAGE = {"temporal": "temporal", "generator": "gan", "discriminator": 
 
 @dataclasses.dataclass(frozen=True)
 class Hyper:
-  """Loss weights of the stages (REFERENCE.md section 1)."""
+  """Loss settings of the stages (`train` section of configs/plfm.py)."""
   huber_delta: float = 1.0
   l1_weight: float = 80.0
-  head_inputs: str = "branches"
+  cloud_loss_weight: float = 1.0
+
+  @classmethod
+  def from_config(cls, train_config) -> Hyper:
+    return cls(huber_delta=train_config.huber_delta, l1_weight=train_config.l1_weight,
+               cloud_loss_weight=train_config.cloud_loss_weight)
 
 
-def make_optimizers(train_config, spec: StageSpec) -> dict[str, optax.GradientTransformation]:
-  """Adam per trainable component (Keras defaults: eps 1e-7); the GAN pair may use its own beta1."""
+def learning_rate(train_config, total_steps: int) -> optax.ScalarOrSchedule:
+  """The stage's learning rate: constant (reference) or, with `train.warmup_steps` > 0, a linear
+  warm-up from 0 followed by a cosine decay to 0 at `total_steps`."""
+  if train_config.warmup_steps <= 0:
+    return train_config.learning_rate
+  return optax.warmup_cosine_decay_schedule(
+      0.0, train_config.learning_rate, train_config.warmup_steps,
+      max(total_steps, train_config.warmup_steps + 1))
+
+
+def make_optimizers(train_config, spec: StageSpec,
+                    total_steps: int = 1) -> dict[str, optax.GradientTransformation]:
+  """Adam per trainable component (Keras defaults: eps 1e-7); the GAN pair may use its own beta1.
+
+  `total_steps` (the stage's length) shapes the learning-rate schedule only, not the state.
+  """
   def adam(b1: float) -> optax.GradientTransformation:
-    return optax.adam(train_config.learning_rate, b1=b1, b2=train_config.adam_b2,
+    return optax.adam(learning_rate(train_config, total_steps), b1=b1, b2=train_config.adam_b2,
                       eps=train_config.adam_eps)
   return {name: adam(train_config.gan_adam_b1 if name in ("generator", "discriminator")
                      else train_config.adam_b1)
@@ -72,49 +91,13 @@ def init_state(variables: Variables, spec: StageSpec,
           "opt_state": {name: optimizers[name].init(v["params"]) for name, v in trainable.items()}}
 
 
-def _run(models: modeling.PLFMModels, name: str, variables: Variables, *args,
-         train: bool) -> tuple[jax.Array, Variables]:
-  """Applies one component; in training mode also returns its updated BatchNorm statistics."""
-  module = getattr(models, name)
-  if not train:
-    return module.apply(variables, *args, train=False), variables
-  out, updates = module.apply(variables, *args, train=True, mutable=["batch_stats"])
-  return out, {**variables, **updates}
-
-
-def _forward(models: modeling.PLFMModels, variables: Variables, batch: Batch, *,
-             train: frozenset[str], hyper: Hyper) -> tuple[dict[str, jax.Array], Variables]:
-  """Runs the temporal branch, generator and head, whichever `variables` holds.
-
-  Components in `train` run in training mode (batch statistics, updated running averages); the
-  others in inference mode. Outputs: "temporal" in [0, 1], "sar" and "fused" in [-1, 1].
-  """
-  v = dict(variables)
-  out = {}
-  if "temporal" in v:
-    out["temporal"], v["temporal"] = _run(models, "temporal", v["temporal"], batch["history"],
-                                          train="temporal" in train)
-  if "generator" in v:
-    out["sar_in"] = modeling.sar_generator_input(batch["sar"])
-    out["sar"], v["generator"] = _run(models, "generator", v["generator"], out["sar_in"],
-                                      train="generator" in train)
-  if "head" in v:
-    inputs = modeling.head_input(out["temporal"], out["sar"], batch["cloudy"],
-                                 batch["cloud_mask"], head_inputs=hyper.head_inputs)
-    out["fused"], v["head"] = _run(models, "head", v["head"], inputs, train="head" in train)
-  return out, v
-
-
-def _discriminator_update(models, variables: Variables, fake: jax.Array, batch: Batch,
+def _discriminator_update(model: PLFM, variables: Variables, fake: jax.Array, batch: Batch,
                           optimizer, opt_state) -> tuple[Variables, Any, jax.Array]:
   """One discriminator step on a real and a fake batch, each in training mode as in Keras."""
-  condition = modeling.sar_generator_input(batch["sar"])
-  real = modeling.to_signed(batch["target"])
-
   def loss_fn(params):
     v = {**variables, "params": params}
-    real_logits, v = _run(models, "discriminator", v, real, condition, train=True)
-    fake_logits, v = _run(models, "discriminator", v, fake, condition, train=True)
+    real_logits, v = model.discriminate(v, batch["target"], batch["sar"], train=True)
+    fake_logits, v = model.discriminate(v, fake, batch["sar"], train=True)
     loss = 0.5 * (losses.bce_with_logits(real_logits, 1.0)
                   + losses.bce_with_logits(fake_logits, 0.0))
     return loss, v
@@ -126,32 +109,32 @@ def _discriminator_update(models, variables: Variables, fake: jax.Array, batch: 
 
 
 def _generator_side_loss(params: Mapping[str, Any], variables: Variables, batch: Batch, *,
-                         models: modeling.PLFMModels,
-                         hyper: Hyper) -> tuple[jax.Array, tuple[dict, Variables]]:
+                         model: PLFM, hyper: Hyper) -> tuple[jax.Array, tuple[dict, Variables]]:
   """Summed loss of the trained non-discriminator components, and their new BatchNorm stats."""
   v = {name: ({**value, "params": params[name]} if name in params else value)
        for name, value in variables.items()}
-  out, v = _forward(models, v, batch, train=frozenset(params), hyper=hyper)
+  out, v = model.forward(v, batch, train=frozenset(params))
   target = batch["target"]
+  weights = losses.pixel_weights(batch["cloud_mask"], hyper.cloud_loss_weight)
   metrics = {}
   if "temporal" in params:
-    metrics["temporal_huber"] = losses.huber(out["temporal"], target, hyper.huber_delta)
+    metrics["temporal_huber"] = losses.huber(out["temporal"], target, hyper.huber_delta, weights)
+  # The reference's L1 terms are on [-1, 1] images: twice the L1 on [0, 1].
   if "generator" in params:
     # The discriminator judges in inference mode here, as Keras's frozen D in the combined model.
-    logits, _ = _run(models, "discriminator", v["discriminator"], out["sar"], out["sar_in"],
-                     train=False)
+    logits, _ = model.discriminate(v["discriminator"], out["sar_branch"], batch["sar"])
     metrics["generator_adversarial"] = losses.bce_with_logits(logits, 1.0)
-    metrics["generator_l1"] = losses.l1(out["sar"], modeling.to_signed(target))
+    metrics["generator_l1"] = 2 * losses.l1(out["sar_branch"], target)
   if "head" in params:
-    metrics["head_l1"] = losses.l1(out["fused"], modeling.to_signed(target))
-  weights = {"generator_l1": hyper.l1_weight}
-  total = sum(weights.get(name, 1.0) * value for name, value in metrics.items())
+    metrics["head_l1"] = 2 * losses.l1(out["fused"], target, weights)
+  loss_weights = {"generator_l1": hyper.l1_weight}
+  total = sum(loss_weights.get(name, 1.0) * value for name, value in metrics.items())
   metrics["loss"] = total
   return total, (metrics, {name: v[name] for name in params})
 
 
 def train_step(state: dict[str, Any], frozen: Variables, batch: Batch, *,
-               models: modeling.PLFMModels, spec: StageSpec, hyper: Hyper,
+               model: PLFM, spec: StageSpec, hyper: Hyper,
                optimizers: Mapping[str, optax.GradientTransformation]) -> tuple[dict, dict]:
   """One optimisation step of stage `spec`: (state, frozen, batch) -> (new state, metrics)."""
   variables = dict(state["variables"])
@@ -159,15 +142,14 @@ def train_step(state: dict[str, Any], frozen: Variables, batch: Batch, *,
   metrics = {}
   if "discriminator" in spec.trainable:
     # The generator's prediction in inference mode, as `generator.predict` in the reference.
-    fake, _ = _run(models, "generator", variables["generator"],
-                   modeling.sar_generator_input(batch["sar"]), train=False)
+    fake, _ = model.sar_branch(variables["generator"], batch["sar"])
     variables["discriminator"], opt_state["discriminator"], metrics["discriminator_bce"] = (
-        _discriminator_update(models, variables["discriminator"], fake, batch,
+        _discriminator_update(model, variables["discriminator"], fake, batch,
                               optimizers["discriminator"], opt_state["discriminator"]))
 
   params = {n: variables[n]["params"] for n in spec.trainable if n != "discriminator"}
   grads, (side_metrics, new_vars) = jax.grad(
-      lambda p: _generator_side_loss(p, {**frozen, **variables}, batch, models=models,
+      lambda p: _generator_side_loss(p, {**frozen, **variables}, batch, model=model,
                                      hyper=hyper), has_aux=True)(params)
   for name, p in params.items():
     updates, opt_state[name] = optimizers[name].update(grads[name], opt_state[name], p)
@@ -176,43 +158,50 @@ def train_step(state: dict[str, Any], frozen: Variables, batch: Batch, *,
   return {"step": state["step"] + 1, "variables": variables, "opt_state": opt_state}, metrics
 
 
-def stage_prediction(variables: Variables, batch: Batch, *, models: modeling.PLFMModels,
-                     spec: StageSpec, hyper: Hyper) -> jax.Array:
+# The output of `PLFM.forward` each stage produces.
+STAGE_OUTPUT = {"temporal": "temporal", "gan": "sar_branch", "head": "fused", "joint": "fused"}
+
+
+def stage_prediction(variables: Variables, batch: Batch, *, model: PLFM,
+                     spec: StageSpec) -> jax.Array:
   """The image a stage produces, in [0, 1] (inference mode): temporal, SAR or fused output."""
-  out, _ = _forward(models, variables, batch, train=frozenset(), hyper=hyper)
-  if spec.name == "temporal":
-    return out["temporal"]
-  if spec.name == "gan":
-    return modeling.to_unit(out["sar"])
-  return modeling.to_unit(out["fused"])
+  out, _ = model.forward(variables, batch)
+  return out[STAGE_OUTPUT[spec.name]]
 
 
-def validation_losses(variables: Variables, batch: Batch, *, models: modeling.PLFMModels,
-                      spec: StageSpec, hyper: Hyper) -> dict[str, jax.Array]:
+def validation_losses(variables: Variables, batch: Batch, *, model: PLFM, spec: StageSpec,
+                      hyper: Hyper) -> dict[str, jax.Array]:
   """Per-sample (B,) validation losses of the stage's output on [0, 1] images.
 
-  `loss` is what early stopping watches: the Huber loss for the temporal stage, else the L1.
+  `loss` is what early stopping watches: the stage's training loss on its own output (Huber
+  for the temporal stage, else L1), with the same cloud weighting, without the adversarial term.
   """
-  prediction = stage_prediction(variables, batch, models=models, spec=spec, hyper=hyper)
-  error = prediction - batch["target"]
-  axes = tuple(range(1, error.ndim))
-  l1 = jnp.mean(jnp.abs(error), axis=axes)
+  prediction = stage_prediction(variables, batch, model=model, spec=spec)
+  target = batch["target"]
+  weights = (None if spec.name == "gan" else
+             losses.pixel_weights(batch["cloud_mask"], hyper.cloud_loss_weight))
+
+  def per_sample(loss_fn: Callable) -> jax.Array:
+    if weights is None:
+      return jax.vmap(loss_fn)(prediction, target)
+    return jax.vmap(loss_fn)(prediction, target, weights)
+
+  l1 = per_sample(losses.l1)
   if spec.name != "temporal":
     return {"loss": l1, "l1": l1}
-  huber = jnp.mean(optax.losses.huber_loss(prediction, batch["target"], delta=hyper.huber_delta),
-                   axis=axes)
+  huber = per_sample(lambda p, t, w=None: losses.huber(p, t, hyper.huber_delta, w))
   return {"loss": huber, "l1": l1}
 
 
-def jit_steps(models: modeling.PLFMModels, spec: StageSpec, hyper: Hyper, optimizers,
+def jit_steps(model: PLFM, spec: StageSpec, hyper: Hyper, optimizers,
               replicated, batch_sharding) -> tuple[Callable, Callable]:
   """The stage's train and validation steps compiled over the mesh (state replicated, batch split)."""
   train = jax.jit(
-      lambda state, frozen, batch: train_step(state, frozen, batch, models=models, spec=spec,
+      lambda state, frozen, batch: train_step(state, frozen, batch, model=model, spec=spec,
                                               hyper=hyper, optimizers=optimizers),
       out_shardings=(replicated, replicated), donate_argnums=(0,))
   validate = jax.jit(
-      lambda variables, batch: validation_losses(variables, batch, models=models, spec=spec,
+      lambda variables, batch: validation_losses(variables, batch, model=model, spec=spec,
                                                  hyper=hyper),
       out_shardings=batch_sharding)
   return train, validate

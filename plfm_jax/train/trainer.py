@@ -1,105 +1,55 @@
 """The generic stage-wise trainer: `train(config, workdir)` runs every configured stage.
 
-Each stage resumes from its newest checkpoint, validates every epoch, keeps its best checkpoint and
-stops early after `patience` epochs without improvement. A stage is finished once it has run
-`num_epochs` epochs or stopped early, so rerunning the same command continues where it stopped and
-skips finished stages (raising num_epochs continues a finished one).
+Each stage resumes from its newest checkpoint, validates its starting point and every epoch,
+keeps its best checkpoint and stops early after `patience` epochs without improvement. A stage is
+finished once it has run `num_epochs` epochs or stopped early, so rerunning the same command
+continues where it stopped and skips finished stages (raising num_epochs continues a finished one).
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 import pathlib
-import shutil
 import time
-from typing import Any, Iterator, Mapping
+from typing import Iterator
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-from flax import traverse_util
 import numpy as np
-from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from plfm_jax import modeling
+from plfm_jax import sharding
 from plfm_jax import visualize
+from plfm_jax import workdir as workdir_lib
+from plfm_jax.checkpoints import StageCheckpoints, abstract_like
 from plfm_jax.data import pipeline
-from plfm_jax.data import tfds_data
-from plfm_jax.data import synthetic
-from plfm_jax.errors import InputError
-from plfm_jax.train import checkpointing
+from plfm_jax.data.prepare import prepare_dataset
+from plfm_jax.errors import InputError, TrainingDiverged
+from plfm_jax.models.plfm import PLFM
 from plfm_jax.train import logs
-from plfm_jax.train import parallel
-from plfm_jax.train import restore
 from plfm_jax.train import steps
 
-# Config fields that may differ between a checkpoint and the run resuming it.
-_RESUMABLE_CHANGES = ("train.stages", "train.num_devices", "data.worker_count", "data.tfds_dir",
-                      "data.manual_dir")
 
+@dataclasses.dataclass
+class EarlyStopping:
+  """The best validation loss of a stage so far and the epochs since it last improved."""
+  patience: int
+  best_loss: float = math.inf
+  bad_epochs: int = 0
 
-class TrainingDiverged(InputError):
-  """A non-finite loss; the stage stops and its last good checkpoint stays.
+  def update(self, loss: float) -> bool:
+    """Records an epoch's validation loss; whether it is the best so far."""
+    if loss < self.best_loss:
+      self.best_loss, self.bad_epochs = loss, 0
+      return True
+    self.bad_epochs += 1
+    return False
 
-  An InputError (one line, exit status 2, no traceback) because what the user must change is an
-  input: the config (learning rate, loss weights) or the data.
-  """
-
-  def __init__(self, stage_dir: pathlib.Path, what: str, step: int, good_step: int | None):
-    kept = ("no checkpoint was saved before it" if good_step is None else
-            f"kept the last good checkpoint, step {good_step}")
-    super().__init__(stage_dir, f"training diverged: {what} at step {step}; {kept}. Lower "
-                     "train.learning_rate or check the data, then rerun to resume (with "
-                     "--allow_config_change for a changed config)")
-
-
-def config_dict(config: ml_collections.ConfigDict) -> dict:
-  """The config as plain JSON data (tuples become lists), as stored in checkpoints."""
-  return json.loads(config.to_json())
-
-
-def config_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-  """`key: saved -> current` for every field that differs, except those safe to change on resume."""
-  saved = traverse_util.flatten_dict(dict(saved), sep=".")
-  current = traverse_util.flatten_dict(dict(current), sep=".")
-  return [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}"
-          for k in sorted(set(saved) | set(current))
-          if saved.get(k) != current.get(k) and k not in _RESUMABLE_CHANGES]
-
-
-def prepare_dataset(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> tuple[str, dict]:
-  """(TFDS data_dir, examples per split), building `plfm_series` there first when needed.
-
-  With no built dataset, no manual_dir and `data.synthetic` set, a synthetic dataset is written
-  into `<workdir>/synthetic` first (the demo's embedded default). Process 0 builds; the others
-  wait for it.
-  """
-  data = config.data
-  tfds_dir = data.tfds_dir or str(workdir / "tfds")
-  if jax.process_index() == 0:
-    manual_dir = data.manual_dir
-    if not manual_dir and data.synthetic and not tfds_data.is_built(tfds_dir,
-                                                                    image_size=data.stored_size):
-      manual_dir = write_synthetic_once(workdir / "synthetic", config)
-    tfds_data.ensure_built(tfds_dir, manual_dir=manual_dir or None, image_size=data.stored_size,
-                           skip_invalid=data.skip_invalid)
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices("plfm_dataset_ready")
-  builder = tfds_data.ensure_built(tfds_dir, image_size=data.stored_size)
-  return tfds_dir, {name: split.num_examples for name, split in builder.info.splits.items()}
-
-
-def write_synthetic_once(root: pathlib.Path, config: ml_collections.ConfigDict) -> pathlib.Path:
-  """Writes the synthetic dataset under a temporary name and renames it: never half a dataset."""
-  if not root.exists():
-    partial = root.with_name(root.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    synthetic.write_synthetic_dataset(partial, image_size=config.data.stored_size,
-                                      seed=config.seed)
-    partial.rename(root)
-  return root
+  @property
+  def stopped(self) -> bool:
+    return self.bad_epochs >= self.patience
 
 
 class StageRunner:
@@ -112,13 +62,11 @@ class StageRunner:
     self.allow_config_change = allow_config_change
     if devices is None and config.train.num_devices > 0:
       devices = jax.devices()[:config.train.num_devices]
-    self.mesh = parallel.make_mesh(devices)
-    parallel.check_batch_size(config.batch_size, self.mesh)
-    self.replicated = parallel.replicated(self.mesh)
-    self.models = modeling.build_models(config.model)
-    self.hyper = steps.Hyper(huber_delta=config.train.huber_delta,
-                             l1_weight=config.train.l1_weight,
-                             head_inputs=config.model.head_inputs)
+    self.mesh = sharding.make_mesh(devices)
+    sharding.check_batch_size(config.batch_size, self.mesh)
+    self.replicated = sharding.replicated(self.mesh)
+    self.model = PLFM.from_config(config.model)
+    self.hyper = steps.Hyper.from_config(config.train)
     tfds_dir, self.splits = prepare_dataset(config, self.workdir)
     self.data_config = config.data.copy_and_resolve_references()
     self.data_config.tfds_dir = tfds_dir
@@ -130,14 +78,14 @@ class StageRunner:
   def fresh_variables(self) -> dict:
     """Initial variables of every component, the same for a seed whichever stage asks."""
     if self._fresh_variables is None:
-      self._fresh_variables = modeling.init_variables(
-          self.models, jax.random.key(self.config.seed), image_size=self.config.data.image_size,
-          series_length=self.config.data.series_length, head_inputs=self.config.model.head_inputs)
+      self._fresh_variables = self.model.init(
+          jax.random.key(self.config.seed), image_size=self.config.data.crop_size,
+          series_length=self.config.data.series_length)
     return self._fresh_variables
 
   def best_variables(self, components) -> dict:
     """Variables of `components` from the best checkpoints of the stages that train them."""
-    return restore.best_variables(self.config, self.workdir, components, models=self.models,
+    return workdir_lib.best_variables(self.config, self.workdir, components, model=self.model,
                                   sharding=self.replicated)
 
   # ---- data ------------------------------------------------------------------------------------
@@ -166,33 +114,33 @@ class StageRunner:
 
   def run_stage(self, spec: steps.StageSpec) -> None:
     cfg = self.config.train
-    optimizers = steps.make_optimizers(cfg, spec)
+    steps_per_epoch = cfg.steps_per_epoch
+    if steps_per_epoch <= 0:
+      steps_per_epoch = max(1, self.splits["train"] // self.config.batch_size)
+    total_steps = cfg.num_epochs * steps_per_epoch
+    optimizers = steps.make_optimizers(cfg, spec, total_steps)
     variables = {**self.fresh_variables(), **self.best_variables(spec.warm_start)}
-    state = parallel.replicate(steps.init_state(variables, spec, optimizers), self.mesh)
-    frozen = parallel.replicate(self.best_variables(spec.frozen), self.mesh)
+    state = sharding.replicate(steps.init_state(variables, spec, optimizers), self.mesh)
+    frozen = sharding.replicate(self.best_variables(spec.frozen), self.mesh)
     progress = {"epoch": 0, "best_loss": math.inf, "bad_epochs": 0, "data_state": None}
 
-    ckpts = checkpointing.StageCheckpoints(self.workdir, spec.name, keep=cfg.keep_checkpoints)
+    ckpts = StageCheckpoints(self.workdir, spec.name, keep=cfg.keep_checkpoints)
     stage_dir = self.workdir / "checkpoints" / spec.name
-    current_config = config_dict(self.config)
-    restored = ckpts.latest(checkpointing.abstract_like(state, self.replicated))
+    current_config = workdir_lib.config_dict(self.config)
+    restored = ckpts.latest(abstract_like(state, self.replicated))
     if restored is not None:
       state, progress, saved_config = restored
-      changes = config_changes(saved_config, current_config)
+      changes = workdir_lib.resume_changes(saved_config, current_config)
       if changes and not self.allow_config_change:
         ckpts.close()
         raise InputError(stage_dir,
                          "the config differs from the checkpoint's (" + "; ".join(changes)
                          + "); pass --allow_config_change to resume anyway")
 
-    steps_per_epoch = cfg.steps_per_epoch
-    if steps_per_epoch <= 0:
-      steps_per_epoch = max(1, self.splits["train"] // self.config.batch_size)
-    total_steps = cfg.num_epochs * steps_per_epoch
-    finished = lambda: progress["bad_epochs"] >= cfg.patience or int(state["step"]) >= total_steps
-    if finished():
+    stopping = EarlyStopping(cfg.patience, progress["best_loss"], progress["bad_epochs"])
+    if stopping.stopped or int(state["step"]) >= total_steps:
       print(f"stage {spec.name}: finished earlier (best validation loss "
-            f"{progress['best_loss']:.5f}); skipping")
+            f"{stopping.best_loss:.5g}); skipping")
       ckpts.close()
       return
 
@@ -201,15 +149,34 @@ class StageRunner:
       train_iter.set_state(progress["data_state"])
     train_step, validate = self._compile(spec, optimizers)
 
+    def save(step: int, *, best: bool) -> None:
+      progress.update(best_loss=stopping.best_loss, bad_epochs=stopping.bad_epochs,
+                      data_state=train_iter.get_state())
+      ckpts.save(step, state, progress, current_config, best=best)
+
+    def validation_loss(step: int) -> float:
+      loss = self.validate(spec, validate, {**frozen, **state["variables"]}, step)
+      if not math.isfinite(loss):
+        raise TrainingDiverged(stage_dir, f"non-finite validation loss ({loss})", step,
+                               ckpts.last.latest_step())
+      return loss
+
     step = int(state["step"])
     if restored is not None:
       print(f"stage {spec.name}: resuming from step {step} (epoch {progress['epoch']})")
+    else:
+      # The starting point competes for the best checkpoint too: a residual model starts as
+      # its prior and the joint stage as the stage-wise result; training has to beat them.
+      stopping.update(validation_loss(step))
+      stopping.bad_epochs = 0
+      print(f"stage {spec.name}: validation loss {stopping.best_loss:.5g} before training")
+      save(step, best=True)
     bar = tqdm(total=total_steps, initial=step, desc=spec.name, unit="step",
                disable=jax.process_index() != 0, dynamic_ncols=True)
     last_log, last_log_step = time.perf_counter(), step
     try:
       while step < total_steps:
-        batch = parallel.global_batch(next(train_iter), self.mesh)
+        batch = sharding.global_batch(next(train_iter), self.mesh)
         state, metrics = train_step(state, frozen, batch)
         step += 1
         bar.update(1)
@@ -227,40 +194,31 @@ class StageRunner:
           last_log, last_log_step = now, step
           self.logger.scalars(step, {**values, "samples_per_second": rate},
                               f"{spec.name}/train")
-          bar.set_postfix(loss=f"{values['loss']:.4f}", samples_s=f"{rate:.1f}")
+          bar.set_postfix(loss=f"{values['loss']:.4g}", samples_s=f"{rate:.1f}")
         if epoch_end:
           progress["epoch"] = step // steps_per_epoch
-          loss = self.validate(spec, validate, {**frozen, **state["variables"]}, step)
-          if not math.isfinite(loss):
-            raise TrainingDiverged(stage_dir, f"non-finite validation loss ({loss})", step,
-                                   ckpts.last.latest_step())
-          improved = loss < progress["best_loss"]
-          if improved:
-            progress["best_loss"], progress["bad_epochs"] = loss, 0
-          else:
-            progress["bad_epochs"] += 1
-          bar.write(f"stage {spec.name} epoch {progress['epoch']}: validation loss {loss:.5f}"
-                    + (" (best)" if improved else f" ({progress['bad_epochs']} without improvement)"))
-          progress["data_state"] = train_iter.get_state()
-          ckpts.save(step, state, progress, current_config, best=improved)
+          loss = validation_loss(step)
+          improved = stopping.update(loss)
+          bar.write(f"stage {spec.name} epoch {progress['epoch']}: validation loss {loss:.5g}"
+                    + (" (best)" if improved else f" ({stopping.bad_epochs} without improvement)"))
+          save(step, best=improved)
           # The next rate measures training only, not validation and its compilation.
           last_log, last_log_step = time.perf_counter(), step
-          if finished():
+          if stopping.stopped:
             break
         elif step % cfg.checkpoint_every_steps == 0:
-          progress["data_state"] = train_iter.get_state()
-          ckpts.save(step, state, progress, current_config, best=False)
+          save(step, best=False)
     finally:
       bar.close()
       ckpts.wait()
       ckpts.close()
-    reason = "early stopping" if progress["bad_epochs"] >= cfg.patience else "last epoch"
+    reason = "early stopping" if stopping.stopped else "last epoch"
     print(f"stage {spec.name}: done after {progress['epoch']} epochs ({reason}); best validation "
-          f"loss {progress['best_loss']:.5f}")
+          f"loss {stopping.best_loss:.5g}")
 
   def _compile(self, spec: steps.StageSpec, optimizers) -> tuple:
-    train_step, per_sample = steps.jit_steps(self.models, spec, self.hyper, optimizers,
-                                             self.replicated, parallel.batch_sharded(self.mesh))
+    train_step, per_sample = steps.jit_steps(self.model, spec, self.hyper, optimizers,
+                                             self.replicated, sharding.batch_sharded(self.mesh))
 
     @jax.jit
     def weighted_sums(variables, batch, weights):
@@ -270,64 +228,47 @@ class StageRunner:
     return train_step, weighted_sums
 
   def validate(self, spec: steps.StageSpec, weighted_sums, variables: dict, step: int) -> float:
-    """Mean validation loss over the validation split (or `validation_steps` batches).
-
-    Every process runs the same number of batches (the global count), padding with zero-weight
-    samples where its shard is shorter, so the jitted steps stay in lockstep across hosts.
-    """
+    """Mean validation loss over the validation split (or `validation_steps` batches), in the
+    lock-step, host-padded batches evaluation uses too (`sharding.lockstep_batches`)."""
     split = self.validation_split()
-    num_batches = math.ceil(self.splits[split] / self.config.batch_size)
-    if self.config.train.validation_steps >= 0:
-      num_batches = min(num_batches, self.config.train.validation_steps)
-    local_size = self.config.batch_size // jax.process_count()
-    local_batches = self.iterator(split, train=False)
+    cap = self.config.train.validation_steps
     totals, count, first = {}, 0.0, None
-    for _ in range(num_batches):
-      local = next(local_batches, None)
-      if local is None and first is None:
-        raise ValueError(f"the {split} split has fewer samples than there are processes")
-      if local is None:  # This process's shard is one batch shorter than the longest.
-        local, weights = first, np.zeros((local_size,), np.float32)
-      else:
-        local, weights = pad_batch(local, local_size)
-        first = local if first is None else first
-      batch = parallel.global_batch(local, self.mesh)
-      sums, n = weighted_sums(variables, batch,
-                              parallel.global_batch({"w": weights}, self.mesh)["w"])
+    for batch, indices in sharding.lockstep_batches(
+        self.iterator(split, train=False), num_samples=self.splits[split],
+        global_batch_size=self.config.batch_size, mesh=self.mesh,
+        max_batches=cap if cap >= 0 else None):
+      weights = sharding.global_batch({"w": (indices >= 0).astype(np.float32)}, self.mesh)["w"]
+      sums, n = weighted_sums(variables, batch, weights)
       for k, v in jax.device_get(sums).items():
         totals[k] = totals.get(k, 0.0) + float(v)
       count += float(n)
+      first = batch if first is None else first
     means = {k: v / max(count, 1.0) for k, v in totals.items()}
     self.logger.scalars(step, means, f"{spec.name}/validation")
     if first is not None and jax.process_index() == 0:
       self.write_samples(spec, variables, first, step)
     return means["loss"]
 
-  def write_samples(self, spec: steps.StageSpec, variables: dict, local: dict, step: int) -> None:
+  def write_samples(self, spec: steps.StageSpec, variables: dict, batch: dict, step: int) -> None:
     """cloudy | prediction | ground truth panel to TensorBoard and `<workdir>/samples/<stage>.png`."""
+    local = sharding.process_local(batch)
     n = min(4, local["target"].shape[0])
     few = {k: v[:n] for k, v in local.items()}
-    prediction = steps.stage_prediction(jax.device_get(variables), few, models=self.models,
-                                        spec=spec, hyper=self.hyper)
-    image = visualize.panel({"cloudy": few["cloudy"], "prediction": np.asarray(prediction),
-                             "ground truth": few["target"]})
+    prediction = _jit_stage_prediction(jax.device_get(variables), few, model=self.model,
+                                       spec=spec)
+    stretch = visualize.stretch_like(few["target"])
+    image = visualize.panel({"cloudy": stretch(few["cloudy"]),
+                             "prediction": stretch(prediction),
+                             "ground truth": stretch(few["target"])})
     self.logger.image(step, f"{spec.name}/samples", image)
     visualize.save_png(self.workdir / "samples" / f"{spec.name}.png", image)
 
 
-def pad_batch(local: Mapping[str, np.ndarray], size: int) -> tuple[dict, np.ndarray]:
-  """Pads a short last batch to `size` by repeating its last sample; weights mark the real ones."""
-  n = next(iter(local.values())).shape[0]
-  weights = np.zeros((size,), np.float32)
-  weights[:n] = 1.0
-  if n == size:
-    return dict(local), weights
-  pad = lambda v: np.concatenate([v, np.repeat(v[-1:], size - n, axis=0)], axis=0)
-  return {k: pad(np.asarray(v)) for k, v in local.items()}, weights
+_jit_stage_prediction = jax.jit(steps.stage_prediction, static_argnames=("model", "spec"))
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
           allow_config_change: bool = False) -> None:
   """Trains every stage in `config.train.stages` into `workdir` (resuming what is there)."""
-  parallel.maybe_initialize_distributed()
+  sharding.maybe_initialize_distributed()
   StageRunner(config, workdir, allow_config_change=allow_config_change).run()

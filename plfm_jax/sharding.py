@@ -1,9 +1,10 @@
-"""Device mesh, shardings and multi-process set-up (jax.jit with shardings, no pmap)."""
+"""Device mesh, shardings, multi-process set-up and lock-step batches (jax.jit, no pmap)."""
 
 from __future__ import annotations
 
+import math
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -75,3 +76,49 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
   """
   return jax.device_put(jax.tree.map(lambda x: jnp.array(x, copy=True), tree),
                         replicated(mesh), may_alias=False)
+
+
+def _pad(local: Mapping[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+  """A short last batch padded to `size` rows by repeating its last sample."""
+  n = len(next(iter(local.values())))
+  if n == size:
+    return dict(local)
+  return {k: np.concatenate([v, np.repeat(v[-1:], size - n, axis=0)]) for k, v in local.items()}
+
+
+def lockstep_batches(local_batches: Iterator[Mapping[str, np.ndarray]], *, num_samples: int,
+                     global_batch_size: int, mesh: Mesh, max_batches: int | None = None
+                     ) -> Iterator[tuple[dict[str, jax.Array], np.ndarray]]:
+  """(global batch, (B,) index of each row in the split, -1 for padding) over a split read once.
+
+  `local_batches` is this process's evaluation iterator: process p reads samples p, p + P,
+  p + 2P, ... (`pipeline.make_iterator` with train=False); its rows of a global batch follow
+  those of processes 0..p-1. Every process runs as many batches as the longest shard needs
+  (or `max_batches`), padding short and missing ones, so that jitted steps over the global
+  batch run in lockstep on every host. Rows with index -1 must not count.
+  """
+  processes = jax.process_count()
+  if num_samples < processes:
+    raise ValueError(f"{num_samples} samples are fewer than the {processes} processes")
+  local_size = global_batch_size // processes
+  num_batches = math.ceil(math.ceil(num_samples / processes) / local_size)
+  if max_batches is not None:
+    num_batches = min(num_batches, max_batches)
+  first = None
+  for j in range(num_batches):
+    local = next(local_batches, None)
+    # A shard shorter than the longest repeats its first batch; those rows are padding.
+    local = first if local is None else _pad(local, local_size)
+    first = local if first is None else first
+    positions = j * local_size + np.arange(local_size)
+    indices = (np.arange(processes)[:, None] + processes * positions[None, :]).ravel()
+    indices[indices >= num_samples] = -1
+    yield global_batch(local, mesh), indices
+
+
+def process_local(batch: Mapping[str, jax.Array]) -> dict[str, np.ndarray]:
+  """This process's rows of a global batch (its addressable shards, in row order), as NumPy."""
+  def local(x: jax.Array) -> np.ndarray:
+    shards = {s.index[0].start or 0: s.data for s in x.addressable_shards}
+    return np.concatenate([np.asarray(shards[start]) for start in sorted(shards)])
+  return {k: local(v) for k, v in batch.items()}

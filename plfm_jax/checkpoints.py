@@ -47,6 +47,29 @@ class StageCheckpoints:
         config=ocp.args.JsonRestore()))
     return restored["state"], restored["progress"], restored["config"]
 
+  def best_variables(self, abstract_variables: Any) -> Any | None:
+    """The `variables` part of the best checkpoint's state (not the optimizer's), or None.
+
+    `abstract_variables`: {component: ShapeDtypeStructs with shardings} of the components to
+    read; the checkpoint may hold more.
+    """
+    step = self.best.latest_step()
+    if step is None:
+      return None
+    item = {"variables": abstract_variables}
+    restored = self.best.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+        partial_restore=True)))
+    return restored["state"]["variables"]
+
+  def best_config(self) -> tuple[int, dict] | None:
+    """(step, config) of the best checkpoint, or None."""
+    step = self.best.latest_step()
+    if step is None:
+      return None
+    restored = self.best.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+    return step, restored["config"]
+
   def has_best(self) -> bool:
     return self.best.latest_step() is not None
 

@@ -1,0 +1,46 @@
+"""The dataset a run reads: built from the raw data, or from a synthetic dataset written first."""
+
+from __future__ import annotations
+
+import pathlib
+import shutil
+
+import jax
+from jax.experimental import multihost_utils
+import ml_collections
+
+from plfm_jax.data import synthetic
+from plfm_jax.data import tfds_data
+
+
+def prepare_dataset(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> tuple[str, dict]:
+  """(TFDS data_dir, examples per split), building `plfm_series` there first when needed.
+
+  With no built dataset, no manual_dir and `data.synthetic` set, a synthetic dataset is written
+  into `<workdir>/synthetic` first (the demo's embedded default). Process 0 builds; the others
+  wait for it.
+  """
+  data = config.data
+  tfds_dir = data.tfds_dir or str(workdir / "tfds")
+  if jax.process_index() == 0:
+    manual_dir = data.manual_dir
+    if not manual_dir and data.synthetic and not tfds_data.is_built(tfds_dir,
+                                                                    stored_size=data.stored_size):
+      manual_dir = write_synthetic_once(workdir / "synthetic", config)
+    tfds_data.ensure_built(tfds_dir, manual_dir=manual_dir or None, stored_size=data.stored_size,
+                           skip_invalid=data.skip_invalid)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("plfm_dataset_ready")
+  builder = tfds_data.ensure_built(tfds_dir, stored_size=data.stored_size)
+  return tfds_dir, {name: split.num_examples for name, split in builder.info.splits.items()}
+
+
+def write_synthetic_once(root: pathlib.Path, config: ml_collections.ConfigDict) -> pathlib.Path:
+  """Writes the synthetic dataset under a temporary name and renames it: never half a dataset."""
+  if not root.exists():
+    partial = root.with_name(root.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    synthetic.write_synthetic_dataset(partial, image_size=config.data.stored_size,
+                                      seed=config.seed)
+    partial.rename(root)
+  return root

@@ -1,0 +1,148 @@
+"""Gap filling from the earlier dates: the simple baselines and the priors of residual models.
+
+Every method is a pure function `(history, cloudy, cloud_mask) -> (B, H, W, 3)` on images in
+[0, 1]: `history` (B, T, H, W, 3) oldest first, `cloudy` (B, H, W, 3) the date to restore,
+`cloud_mask` (B, H, W, 1), 1 where `cloudy` is covered. They work on NumPy and JAX arrays alike,
+inside `jax.jit` and under `jax.grad` too.
+
+The matched methods fit a linear map from the earlier dates to the cloudy date by weighted least
+squares over the cloudy date's clear pixels (the classic gap-filling idea: the clear pixels carry
+the date's illumination, atmosphere and season) and apply it everywhere. Per band (gain and
+offset of one image) for `matched_persistence` and `matched_mean`; jointly over every band of
+every earlier date for `matched_regression`. Where too few pixels are clear for a fit, the
+unmatched image is used.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+GapFill = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+
+# Fewest clear pixels per fitted coefficient (gain or offset) for a fit to be used.
+MIN_CLEAR_PER_COEFFICIENT = 8
+# Ridge on the features' covariance, relative to its mean diagonal: keeps the solve finite for
+# constant or collinear features while changing a well-posed fit by about this fraction.
+_RIDGE = 1e-6
+
+
+def linear_fit(x: jax.Array, y: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Weighted least squares with an intercept, per batch row: y ~ x @ gain + offset.
+
+  Args:
+    x: (B, N, F) features of N pixels.
+    y: (B, N, C) targets.
+    weights: (B, N) non-negative pixel weights (1 = clear, 0 = ignored).
+
+  Returns:
+    gain (B, F, C) and offset (B, C). A batch row without weight gets gain 0 and offset 0.
+  """
+  w = weights[..., None]
+  total = jnp.sum(w, axis=1, keepdims=True)
+  safe_total = jnp.maximum(total, 1e-12)
+  x_mean = jnp.sum(w * x, axis=1, keepdims=True) / safe_total
+  y_mean = jnp.sum(w * y, axis=1, keepdims=True) / safe_total
+  xc, yc = x - x_mean, y - y_mean
+  # Centred sums (two passes) keep float32 precise for the small variances of reflectance.
+  xx = jnp.einsum("bnf,bng->bfg", w * xc, xc)
+  xy = jnp.einsum("bnf,bnc->bfc", w * xc, yc)
+  features = x.shape[-1]
+  ridge = _RIDGE * jnp.trace(xx, axis1=1, axis2=2) / features + 1e-20
+  gain = jnp.linalg.solve(xx + ridge[:, None, None] * jnp.eye(features, dtype=x.dtype), xy)
+  offset = y_mean[:, 0] - jnp.einsum("bf,bfc->bc", x_mean[:, 0], gain)
+  return gain, offset
+
+
+def _clear_weights(cloud_mask: jax.Array) -> jax.Array:
+  """(B, H, W, 1) cloud mask -> (B, H * W) weights, 1 on clear pixels."""
+  mask = jnp.asarray(cloud_mask)
+  return (1.0 - mask).reshape(mask.shape[0], -1).astype(jnp.float32)
+
+
+def match_bands(source: jax.Array, cloudy: jax.Array, cloud_mask: jax.Array) -> jax.Array:
+  """`source` (B, H, W, C) with a gain and offset per band fitted to the clear pixels of `cloudy`.
+
+  Returns `source` unchanged where fewer than 2 * MIN_CLEAR_PER_COEFFICIENT pixels are clear;
+  clipped to [0, 1].
+  """
+  source, cloudy = jnp.asarray(source, jnp.float32), jnp.asarray(cloudy, jnp.float32)
+  b, h, w, c = source.shape
+  weights = _clear_weights(cloud_mask)
+  # Bands become batch rows, each with one feature.
+  to_rows = lambda image: jnp.moveaxis(image.reshape(b, h * w, c), -1, 1).reshape(b * c, h * w, 1)
+  gain, offset = linear_fit(to_rows(source), to_rows(cloudy), jnp.repeat(weights, c, axis=0))
+  gain, offset = gain.reshape(b, 1, 1, c), offset.reshape(b, 1, 1, c)
+  reliable = (weights.sum(axis=1) >= 2 * MIN_CLEAR_PER_COEFFICIENT)[:, None, None, None]
+  return jnp.clip(jnp.where(reliable, gain * source + offset, source), 0.0, 1.0)
+
+
+def match_history(history: jax.Array, cloudy: jax.Array, cloud_mask: jax.Array) -> jax.Array:
+  """Every earlier date (B, T, H, W, C) matched to the cloudy date band by band (`match_bands`)."""
+  history = jnp.asarray(history, jnp.float32)
+  b, t = history.shape[:2]
+  repeat = lambda x: jnp.repeat(jnp.asarray(x), t, axis=0)
+  matched = match_bands(history.reshape(b * t, *history.shape[2:]), repeat(cloudy),
+                        repeat(cloud_mask))
+  return matched.reshape(history.shape)
+
+
+def persistence(history: jax.Array, cloudy: jax.Array, cloud_mask: jax.Array) -> jax.Array:
+  """The most recent earlier date."""
+  del cloudy, cloud_mask
+  return jnp.asarray(history, jnp.float32)[:, -1]
+
+
+def temporal_mean(history: jax.Array, cloudy: jax.Array, cloud_mask: jax.Array) -> jax.Array:
+  """Per-pixel mean of the earlier dates."""
+  del cloudy, cloud_mask
+  return jnp.mean(jnp.asarray(history, jnp.float32), axis=1)
+
+
+def temporal_median(history: jax.Array, cloudy: jax.Array, cloud_mask: jax.Array) -> jax.Array:
+  """Per-pixel median of the earlier dates."""
+  del cloudy, cloud_mask
+  return jnp.median(jnp.asarray(history, jnp.float32), axis=1)
+
+
+def matched_persistence(history: jax.Array, cloudy: jax.Array,
+                        cloud_mask: jax.Array) -> jax.Array:
+  """The most recent earlier date, matched to the cloudy date's clear pixels band by band."""
+  return match_bands(persistence(history, cloudy, cloud_mask), cloudy, cloud_mask)
+
+
+def matched_mean(history: jax.Array, cloudy: jax.Array, cloud_mask: jax.Array) -> jax.Array:
+  """The temporal mean, matched to the cloudy date's clear pixels band by band."""
+  return match_bands(temporal_mean(history, cloudy, cloud_mask), cloudy, cloud_mask)
+
+
+def matched_regression(history: jax.Array, cloudy: jax.Array,
+                       cloud_mask: jax.Array) -> jax.Array:
+  """Each band of the cloudy date as a linear function of every band of every earlier date.
+
+  Fitted on the clear pixels (T * C features and an offset per output band); the temporal mean
+  where too few pixels are clear for that many coefficients. Clipped to [0, 1].
+  """
+  history = jnp.asarray(history, jnp.float32)
+  b, t, h, w, c = history.shape
+  features = jnp.moveaxis(history, 1, 3).reshape(b, h * w, t * c)
+  weights = _clear_weights(cloud_mask)
+  gain, offset = linear_fit(features, jnp.asarray(cloudy, jnp.float32).reshape(b, h * w, c),
+                            weights)
+  fitted = (jnp.einsum("bnf,bfc->bnc", features, gain) + offset[:, None]).reshape(b, h, w, c)
+  reliable = weights.sum(axis=1) >= MIN_CLEAR_PER_COEFFICIENT * (t * c + 1)
+  fallback = temporal_mean(history, cloudy, cloud_mask)
+  return jnp.clip(jnp.where(reliable[:, None, None, None], fitted, fallback), 0.0, 1.0)
+
+
+# Every method by name, simplest first.
+METHODS: dict[str, GapFill] = {
+    "persistence": persistence,
+    "temporal_mean": temporal_mean,
+    "temporal_median": temporal_median,
+    "matched_persistence": matched_persistence,
+    "matched_mean": matched_mean,
+    "matched_regression": matched_regression,
+}

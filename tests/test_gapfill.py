@@ -1,0 +1,125 @@
+"""Gap-filling methods: the matched baselines against NumPy least squares, fallbacks, gradients."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from plfm_jax.models import gapfill
+
+SIZE = 12
+
+
+def series(seed: int = 0, batch: int = 2, dates: int = 3) -> dict[str, np.ndarray]:
+  """Earlier dates, a cloudy date that is a noisy linear function of them, a cloud mask."""
+  rng = np.random.default_rng(seed)
+  history = rng.uniform(0.02, 0.3, (batch, dates, SIZE, SIZE, 3)).astype(np.float32)
+  cloudy = (0.8 * history[:, -1] + 0.3 * history[:, 0] + 0.05
+            + rng.normal(0, 0.01, (batch, SIZE, SIZE, 3))).astype(np.float32)
+  mask = (rng.uniform(size=(batch, SIZE, SIZE, 1)) < 0.4).astype(np.float32)
+  cloudy = np.where(mask > 0, 0.9, cloudy).astype(np.float32)  # Opaque clouds.
+  return {"history": history, "cloudy": cloudy, "cloud_mask": mask}
+
+
+def numpy_band_fit(source: np.ndarray, target: np.ndarray, clear: np.ndarray) -> np.ndarray:
+  """Per-band y = a x + b by np.linalg.lstsq on the clear pixels, applied everywhere."""
+  out = np.empty_like(source)
+  for band in range(source.shape[-1]):
+    x, y = source[..., band][clear], target[..., band][clear]
+    (a, b), *_ = np.linalg.lstsq(np.stack([x, np.ones_like(x)], 1), y, rcond=None)
+    out[..., band] = a * source[..., band] + b
+  return np.clip(out, 0, 1)
+
+
+@pytest.mark.parametrize("method, source", [
+    ("matched_persistence", lambda h: h[-1]),
+    ("matched_mean", lambda h: h.mean(axis=0)),
+])
+def test_matched_baselines_equal_numpy_least_squares(method, source):
+  data = series()
+  out = np.asarray(gapfill.METHODS[method](data["history"], data["cloudy"], data["cloud_mask"]))
+  for i in range(2):
+    clear = data["cloud_mask"][i, ..., 0] == 0
+    expected = numpy_band_fit(source(data["history"][i]), data["cloudy"][i], clear)
+    np.testing.assert_allclose(out[i], expected, atol=2e-5)
+
+
+def test_matched_regression_equals_numpy_least_squares():
+  data = series(1)
+  out = np.asarray(gapfill.matched_regression(data["history"], data["cloudy"],
+                                              data["cloud_mask"]))
+  for i in range(2):
+    clear = data["cloud_mask"][i, ..., 0] == 0
+    features = np.moveaxis(data["history"][i], 0, 2).reshape(SIZE * SIZE, -1)
+    design = np.concatenate([features, np.ones((SIZE * SIZE, 1))], 1)
+    coefficients, *_ = np.linalg.lstsq(design[clear.ravel()],
+                                       data["cloudy"][i].reshape(-1, 3)[clear.ravel()],
+                                       rcond=None)
+    expected = np.clip(design @ coefficients, 0, 1).reshape(SIZE, SIZE, 3)
+    np.testing.assert_allclose(out[i], expected, atol=5e-5)
+  # Clear pixels of a cloudy date that is exactly linear in the history are reproduced.
+  assert np.abs(out - data["cloudy"])[np.broadcast_to(data["cloud_mask"] == 0, out.shape)].max() < 0.05
+
+
+def test_fits_ignore_cloud_pixels():
+  data = series(2)
+  brighter = {**data, "cloudy": np.where(data["cloud_mask"] > 0, 0.1, data["cloudy"])}
+  for method in ("matched_persistence", "matched_mean", "matched_regression"):
+    fn = gapfill.METHODS[method]
+    np.testing.assert_allclose(fn(data["history"], data["cloudy"], data["cloud_mask"]),
+                               fn(brighter["history"], brighter["cloudy"],
+                                  brighter["cloud_mask"]), atol=1e-6, err_msg=method)
+
+
+def test_too_few_clear_pixels_fall_back_to_the_unmatched_image():
+  data = series(3)
+  cloudy_all = np.ones_like(data["cloud_mask"])
+  history = data["history"]
+  np.testing.assert_array_equal(
+      gapfill.matched_persistence(history, data["cloudy"], cloudy_all), history[:, -1])
+  np.testing.assert_allclose(
+      gapfill.matched_regression(history, data["cloudy"], cloudy_all), history.mean(axis=1),
+      atol=1e-7)
+  # One clear pixel is too few for a gain and an offset.
+  one_clear = cloudy_all.copy()
+  one_clear[:, 0, 0] = 0
+  np.testing.assert_allclose(
+      gapfill.matched_mean(history, data["cloudy"], one_clear), history.mean(axis=1), atol=1e-7)
+
+
+def test_constant_source_band_gives_the_clear_mean():
+  data = series(4)
+  history = data["history"].copy()
+  history[..., 0] = 0.2
+  out = np.asarray(gapfill.matched_persistence(history, data["cloudy"], data["cloud_mask"]))
+  clear = data["cloud_mask"][0, ..., 0] == 0
+  np.testing.assert_allclose(out[0, ..., 0], data["cloudy"][0, ..., 0][clear].mean(), atol=1e-5)
+
+
+def test_simple_methods_and_outputs_in_range():
+  data = series(5)
+  history = data["history"]
+  np.testing.assert_array_equal(gapfill.persistence(history, None, None), history[:, -1])
+  np.testing.assert_allclose(gapfill.temporal_mean(history, None, None), history.mean(1),
+                             rtol=1e-6)
+  np.testing.assert_array_equal(gapfill.temporal_median(history, None, None),
+                                np.median(history, 1))
+  for name, fn in gapfill.METHODS.items():
+    out = np.asarray(fn(history, data["cloudy"], data["cloud_mask"]))
+    assert out.shape == (2, SIZE, SIZE, 3) and out.dtype == np.float32, name
+    assert out.min() >= 0 and out.max() <= 1, name
+
+
+def test_match_history_matches_every_date_and_jits_with_gradients():
+  data = series(6)
+  matched = jax.jit(gapfill.match_history)(data["history"], data["cloudy"], data["cloud_mask"])
+  for t in range(3):
+    np.testing.assert_allclose(
+        matched[:, t], gapfill.match_bands(data["history"][:, t], data["cloudy"],
+                                           data["cloud_mask"]), atol=1e-6)
+  grad = jax.grad(lambda h: jnp.sum(gapfill.matched_regression(h, data["cloudy"],
+                                                               data["cloud_mask"])))(
+      jnp.asarray(data["history"]))
+  assert np.all(np.isfinite(grad)) and np.any(grad != 0)

@@ -1,0 +1,44 @@
+"""The tiny model settings and random batches the tests share."""
+
+from __future__ import annotations
+
+import ml_collections
+import numpy as np
+
+from configs.plfm import get_config
+
+# Widths of every tiny model: fast to compile and run on 2 CPU cores.
+TINY_MODEL = {"temporal_features": (4, 4, 4), "generator_features": 4,
+              "discriminator_features": 4, "head_features": 4}
+
+
+def tiny_config(variant: str = "demo", *, size: int = 32, **model) -> ml_collections.ConfigDict:
+  """`variant` (default demo, i.e. plus) with tiny widths and `size` px crops; `model` overrides
+  fields of the model section."""
+  config = get_config(variant)
+  config.model.update({**TINY_MODEL, **model})
+  config.data.crop_size = size
+  return config
+
+
+def tiny_flags(size: int = 32) -> list[str]:
+  """The command-line overrides of `tiny_config` for train.py and evaluate.py (stored patches of
+  `size` px, read whole)."""
+  values = {**{f"model.{k}": v for k, v in TINY_MODEL.items()},
+            "data.stored_size": size, "data.crop_size": size}
+  return [f"--config.{k}={''.join(str(v).split())}" for k, v in values.items()]
+
+
+def random_batch(batch_size: int = 2, size: int = 32, *, dates: int = 3,
+                 seed: int = 0) -> dict[str, np.ndarray]:
+  """A float32 batch with the input pipeline's keys and ranges (docs/architecture.md)."""
+  rng = np.random.default_rng(seed)
+  uniform = lambda *shape: rng.uniform(size=shape).astype(np.float32)
+  low = rng.uniform(0, 1000, (batch_size, dates + 1))
+  scale = np.stack([low, rng.uniform(500, 5000, low.shape)], -1).astype(np.float32)
+  return {"history": uniform(batch_size, dates, size, size, 3),
+          "target": uniform(batch_size, size, size, 3),
+          "cloudy": uniform(batch_size, size, size, 3),
+          "cloud_mask": (uniform(batch_size, size, size, 1) > 0.5).astype(np.float32),
+          "sar": uniform(batch_size, size, size, 1),
+          "s2_scale": scale}
