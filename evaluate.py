@@ -11,8 +11,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from plfm_jax import cli
 from plfm_jax import runtime
-from plfm_jax.errors import exit_on_input_error
 from plfm_jax.evaluation import baselines
 from plfm_jax.evaluation import evaluate as evaluation
 from plfm_jax.evaluation import report
@@ -27,20 +27,18 @@ flags.DEFINE_string("fid_weights", None,
                     "Inception-v3 weights file for FID; without it FID is skipped.")
 flags.DEFINE_integer("num_panels", 8, "Samples drawn in the PNG panels.")
 flags.DEFINE_bool("overwrite", False, "Replace an existing <workdir>/eval/<split>/.")
-flags.DEFINE_bool("debug", False, "Show tracebacks for input errors and library logs.")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   runtime.configure(FLAGS.debug)
-  with exit_on_input_error(FLAGS.debug):
-    summary = evaluation.evaluate(FLAGS.config, FLAGS.workdir, split=FLAGS.split,
-                                  fid_weights=FLAGS.fid_weights, num_panels=FLAGS.num_panels,
-                                  overwrite=FLAGS.overwrite)
+  summary = evaluation.evaluate(FLAGS.config, FLAGS.workdir, split=FLAGS.split,
+                                fid_weights=FLAGS.fid_weights, num_panels=FLAGS.num_panels,
+                                overwrite=FLAGS.overwrite)
   print(report.markdown_table(summary["metrics"], baselines.LABELS))
   print(f"wrote {evaluation.output_dir(FLAGS.workdir, FLAGS.split)}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -1,78 +1,72 @@
 """De-clouds a Sentinel-2 scene with a trained PLFM model (docs/predict.md).
 
-python predict.py --workdir DIR --cloudy S2_t3.tif --history S2_t0.tif S2_t1.tif S2_t2.tif
-    --sar S1_t3.tif [--cloud-mask QA60.tif] --out OUT.tif
+    python predict.py --workdir DIR --cloudy S2_t3.tif --history S2_t0.tif,S2_t1.tif,S2_t2.tif
+        --sar S1_t3.tif [--cloud_mask QA60.tif] --out OUT.tif
 """
 
 from __future__ import annotations
 
-import argparse
 import pathlib
-import sys
 import time
-from typing import Sequence
 
+from absl import app
+from absl import flags
+
+from plfm_jax import cli
 from plfm_jax import runtime
-from plfm_jax.errors import exit_on_input_error
 from plfm_jax.inference import cloud_mask, geotiff, scene
 
-
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog="python predict.py", description=__doc__.split("\n")[0])
-  parser.add_argument("--workdir", type=pathlib.Path, required=True,
-                      help="training workdir holding the model's best checkpoints")
-  parser.add_argument("--cloudy", type=pathlib.Path, required=True,
-                      help="Sentinel-2 R, G, B (uint16, reflectance x 10000) of the cloudy date")
-  parser.add_argument("--history", type=pathlib.Path, nargs="+", required=True,
-                      help="Sentinel-2 R, G, B of the earlier dates, oldest first")
-  parser.add_argument("--sar", type=pathlib.Path, required=True,
-                      help="Sentinel-1 VV backscatter in dB of the cloudy date")
-  parser.add_argument("--cloud-mask", type=pathlib.Path,
-                      help="QA60 band of the cloudy date; default: brightness/whiteness heuristic")
-  parser.add_argument("--cloud-threshold", type=float, default=cloud_mask.DEFAULT_BRIGHTNESS,
-                      help="heuristic: minimum mean R, G, B reflectance of a cloud "
-                           "(default %(default)s)")
-  parser.add_argument("--out", type=pathlib.Path, required=True, help="output GeoTIFF")
-  parser.add_argument("--mask-out", type=pathlib.Path,
-                      help="also write the cloud mask used (uint8, 1 = restored) to this GeoTIFF")
-  parser.add_argument("--no-composite", dest="composite", action="store_false",
-                      help="write the prediction everywhere, not only under clouds")
-  parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
-  parser.add_argument("--overlap", type=int,
-                      help="pixels shared by neighbouring windows (default: a quarter of the "
-                           "model's window)")
-  parser.add_argument("--batch-size", type=int, default=8,
-                      help="windows per model call, rounded up to a multiple of the device count")
-  parser.add_argument("--compression", choices=geotiff.COMPRESSIONS, default="zlib")
-  parser.add_argument("--quiet", action="store_true", help="no progress bar")
-  parser.add_argument("--debug", action="store_true",
-                      help="show tracebacks for input errors and library logs")
-  args = parser.parse_args(argv)
-  if args.batch_size < 1:
-    parser.error("--batch-size must be positive")
-  args.parser = parser
-  return args
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Training workdir holding the model's best checkpoints.",
+                    required=True)
+flags.DEFINE_string("cloudy", None,
+                    "Sentinel-2 R, G, B (uint16, reflectance x 10000) of the cloudy date.",
+                    required=True)
+flags.DEFINE_list("history", None,
+                  "Sentinel-2 R, G, B of the earlier dates, oldest first, comma-separated.",
+                  required=True)
+flags.DEFINE_string("sar", None, "Sentinel-1 VV backscatter in dB of the cloudy date.",
+                    required=True)
+flags.DEFINE_string("cloud_mask", None,
+                    "QA60 band of the cloudy date; default: brightness/whiteness heuristic.")
+flags.DEFINE_float("cloud_threshold", cloud_mask.DEFAULT_BRIGHTNESS,
+                   "Heuristic: minimum mean R, G, B reflectance of a cloud.")
+flags.DEFINE_string("out", None, "Output GeoTIFF.", required=True)
+flags.DEFINE_string("mask_out", None,
+                    "Also write the cloud mask used (uint8, 1 = restored) to this GeoTIFF.")
+flags.DEFINE_bool("composite", True,
+                  "Keep the cloudy input's clear pixels; --nocomposite writes the prediction "
+                  "everywhere.")
+flags.DEFINE_bool("overwrite", False, "Replace existing output files.")
+flags.DEFINE_integer("overlap", None,
+                     "Pixels shared by neighbouring windows (default: a quarter of the model's "
+                     "window).")
+flags.DEFINE_integer("batch_size", 8,
+                     "Windows per model call, rounded up to a multiple of the device count.",
+                     lower_bound=1)
+flags.DEFINE_enum("compression", "zlib", geotiff.COMPRESSIONS, "Compression of the outputs.")
+flags.DEFINE_bool("quiet", False, "No progress bar.")
 
 
-def main(argv: Sequence[str]) -> int:
-  args = parse_args(argv)
-  runtime.configure(args.debug)
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  runtime.configure(FLAGS.debug)
   start = time.perf_counter()
-  with exit_on_input_error(args.debug):
-    model = scene.load_tile_model(args.workdir, batch_size=args.batch_size)
-    if args.overlap is not None and not 0 <= args.overlap < model.tile_size:
-      args.parser.error(f"--overlap must be in [0, {model.tile_size}) for this model's "
-                        f"{model.tile_size} px windows")
-    report = scene.predict_scene(
-        scene.SceneInputs(cloudy=args.cloudy, history=tuple(args.history), sar=args.sar,
-                          qa60=args.cloud_mask),
-        args.out, model, overlap=args.overlap, composite=args.composite, mask_out=args.mask_out,
-        brightness=args.cloud_threshold, overwrite=args.overwrite, compression=args.compression,
-        progress=not args.quiet)
-  print(f"wrote {args.out}: {report.height} x {report.width} px, {report.windows} windows, "
+  model = scene.load_tile_model(FLAGS.workdir, batch_size=FLAGS.batch_size)
+  if FLAGS.overlap is not None and not 0 <= FLAGS.overlap < model.tile_size:
+    raise app.UsageError(f"--overlap must be in [0, {model.tile_size}) for this model's "
+                         f"{model.tile_size} px windows")
+  path = lambda name: None if name is None else pathlib.Path(name)
+  report = scene.predict_scene(
+      scene.SceneInputs(cloudy=path(FLAGS.cloudy), history=tuple(map(path, FLAGS.history)),
+                        sar=path(FLAGS.sar), qa60=path(FLAGS.cloud_mask)),
+      FLAGS.out, model, overlap=FLAGS.overlap, composite=FLAGS.composite,
+      mask_out=FLAGS.mask_out, brightness=FLAGS.cloud_threshold, overwrite=FLAGS.overwrite,
+      compression=FLAGS.compression, progress=not FLAGS.quiet)
+  print(f"wrote {FLAGS.out}: {report.height} x {report.width} px, {report.windows} windows, "
         f"{100 * report.cloud_fraction:.1f}% under clouds, {time.perf_counter() - start:.1f} s")
-  return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main(sys.argv[1:]))
+  cli.run(main)

@@ -7,8 +7,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from plfm_jax import cli
 from plfm_jax import runtime
-from plfm_jax.errors import exit_on_input_error
 from plfm_jax.train import trainer
 
 FLAGS = flags.FLAGS
@@ -17,16 +17,14 @@ config_flags.DEFINE_config_file("config", "configs/plfm.py", "Config file[:varia
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.", required=True)
 flags.DEFINE_bool("allow_config_change", False,
                   "Resume even though the config differs from the checkpoint's.")
-flags.DEFINE_bool("debug", False, "Show tracebacks for input errors and library logs.")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   runtime.configure(FLAGS.debug)
-  with exit_on_input_error(FLAGS.debug):
-    trainer.train(FLAGS.config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change)
+  trainer.train(FLAGS.config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

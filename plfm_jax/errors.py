@@ -5,10 +5,9 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from typing import Callable, Iterator, NoReturn, Sequence
+from typing import Iterator
 
-# Exit status for bad input, as distinct from crashes (1) and usage errors from argparse (2 as well,
-# which is deliberate: both mean "the command line or its inputs are wrong").
+# Exit status for bad input, as distinct from crashes and usage errors (1).
 INPUT_ERROR_EXIT = 2
 # Exit status of a training run that diverged: the inputs were fine, the optimisation was not.
 DIVERGED_EXIT = 3
@@ -68,16 +67,3 @@ def exit_on_input_error(debug: bool = False) -> Iterator[None]:
       raise
     print("interrupted", file=sys.stderr)
     sys.exit(130)
-
-
-def run_cli(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] | None = None) -> NoReturn:
-  """Runs `main(argv)` and exits; a UserError becomes one line on stderr and its exit status.
-
-  `--debug` anywhere on the command line is removed from argv and lets the traceback through.
-  """
-  argv = list(sys.argv[1:] if argv is None else argv)
-  debug = "--debug" in argv
-  argv = [a for a in argv if a != "--debug"]
-  with exit_on_input_error(debug):
-    status = main(argv)
-  sys.exit(status or 0)

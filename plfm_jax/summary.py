@@ -14,6 +14,7 @@ import json
 from typing import Any, Sequence
 
 from absl import app
+from absl import flags
 import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
@@ -69,23 +70,19 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
       for line in [header, *lines])
 
 
-def run() -> None:
-  """Command-line entry point; the flags are defined here, so importing this module defines none."""
-  config_flag = config_flags.DEFINE_config_file("config", "configs/plfm.py",
-                                                "Config file[:variant].", lock_config=True)
-
-  def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-      raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    config = config_flag.value
-    rows = summarize(config)
-    print(f"PLFM model, config variant {config.variant!r}, "
-          f"{config.data.crop_size} px, forward pass per sample")
-    print(format_table(rows))
-    print(json.dumps({r["name"]: r["total"] for r in rows}))
-
-  app.run(main)
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  config = flags.FLAGS.config
+  rows = summarize(config)
+  print(f"PLFM model, config variant {config.variant!r}, "
+        f"{config.data.crop_size} px, forward pass per sample")
+  print(format_table(rows))
+  print(json.dumps({r["name"]: r["total"] for r in rows}))
 
 
 if __name__ == "__main__":
-  run()
+  from plfm_jax import cli
+  config_flags.DEFINE_config_file("config", "configs/plfm.py", "Config file[:variant].",
+                                  lock_config=True)
+  cli.run(main)

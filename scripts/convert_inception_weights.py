@@ -13,13 +13,14 @@ Untested in this repository, which has no PyTorch: only its plumbing is, with a 
 
 from __future__ import annotations
 
-import argparse
 import os
 import pickle
-from typing import Any, Sequence
+from typing import Any
+
+from absl import app
 
 from plfm_jax import inception
-from plfm_jax.errors import InputError, run_cli
+from plfm_jax.errors import InputError
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, Any]:
@@ -37,22 +38,22 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Any]:
   return state
 
 
-def main(argv: Sequence[str]) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("pth", help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth")
-  parser.add_argument("npz", help="the weights file to write, for evaluate.py --fid_weights")
-  args = parser.parse_args(argv)
-  state = read_state_dict(args.pth)
+def main(argv: list[str]) -> None:
+  if len(argv) != 3:
+    raise app.UsageError("give the .pth to read and the .npz to write: "
+                         "convert_inception_weights.py PTH NPZ")
+  pth, npz = argv[1:]
+  state = read_state_dict(pth)
   arrays = {key: value.numpy() for key, value in state.items() if key in inception.file_shapes()}
   try:
-    inception.write_weights_file(args.npz, arrays)
+    inception.write_weights_file(npz, arrays)
   except OSError as e:
-    raise InputError(args.npz, f"cannot write: {e.strerror or e}") from None
+    raise InputError(npz, f"cannot write: {e.strerror or e}") from None
   # Names the first missing or misshapen array, should the .pth not be the expected one.
-  inception.load_inception(args.npz)
-  print(f"wrote {args.npz}: {len(inception.file_shapes())} arrays")
-  return 0
+  inception.load_inception(npz)
+  print(f"wrote {npz}: {len(inception.file_shapes())} arrays")
 
 
 if __name__ == "__main__":
-  run_cli(main)
+  from plfm_jax import cli
+  cli.run(main)

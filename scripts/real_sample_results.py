@@ -1,9 +1,9 @@
 """One cross-season run on the real sample: train on some zones, evaluate on another.
 
-    .venv/bin/python scripts/real_sample_results.py --variant plus \\
-        --train_zones zone_9_a --test_zone zone_9_b [--sample_root ../shared/data/plfm_sample] \\
-        [--workdir workdir/real_sample/plus_zone_9_a-zone_9_b] [--results FILE.md] \\
-        [--validation_patches 3] [--config.x=y ...]
+    .venv/bin/python scripts/real_sample_results.py --variant=plus \\
+        --train_zones=zone_9_a --test_zone=zone_9_b [--sample_root=../shared/data/plfm_sample] \\
+        [--workdir=workdir/real_sample/plus_zone_9_a-zone_9_b] [--results=FILE.md] \\
+        [--validation_patches=3] [--config.x=y ...]
 
 The sample's zones are one place in different months (zone_9_a Jan-Apr, zone_9_b May-Aug), so
 training on one and testing on the other measures how a model carries over to another season.
@@ -27,7 +27,6 @@ report says so. Extra `--config.x=y` arguments go to both train.py and evaluate.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import math
@@ -39,11 +38,14 @@ import sys
 import time
 from typing import Any, Mapping, Sequence
 
-from plfm_jax.data import layout
-from plfm_jax.errors import InputError, run_cli
-from plfm_jax.evaluation import baselines, report
-from plfm_jax import workdir as workdir_lib
+from absl import flags
 
+from plfm_jax import workdir as workdir_lib
+from plfm_jax.data import layout
+from plfm_jax.errors import InputError
+from plfm_jax.evaluation import baselines, report
+
+FLAGS = flags.FLAGS
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_SAMPLE = REPO.parent / "shared" / "data" / "plfm_sample"
 SPLITS = ("validation", "test")
@@ -207,47 +209,28 @@ def _repo_relative(path: str | os.PathLike) -> str:
   return os.path.relpath(path, REPO) if REPO in path.parents else str(path)
 
 
-def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--variant", default="plus",
-                      help="configs/plfm.py variant(s), run in their CPU size (`small,`)")
-  parser.add_argument("--train_zones", default="zone_9_a", help="comma-separated zone names")
-  parser.add_argument("--test_zone", default="zone_9_b")
-  parser.add_argument("--sample_root", type=pathlib.Path, default=DEFAULT_SAMPLE)
-  parser.add_argument("--workdir", type=pathlib.Path, default=None,
-                      help="default workdir/real_sample/<variant>_<train zones>-<test zone>")
-  parser.add_argument("--results", type=pathlib.Path, default=None,
-                      help="report of this run (Markdown); default <workdir>/results.md")
-  parser.add_argument("--validation_patches", type=int, default=3,
-                      help="highest-numbered patches of each training zone held out")
-  parser.add_argument("--allow_config_change", action="store_true",
-                      help="passed to train.py: resume checkpoints saved with other settings")
-  args, overrides = parser.parse_known_args(argv)
-  unknown = [o for o in overrides if not o.startswith("--config.")]
-  if unknown:
-    parser.error(f"unrecognised arguments: {' '.join(unknown)}")
-  args.train_zones = [z for z in args.train_zones.split(",") if z]
-  if args.workdir is None:
-    name = f"{args.variant.replace(',', '+')}_{'+'.join(args.train_zones)}-{args.test_zone}"
-    args.workdir = REPO / "workdir" / "real_sample" / name
-  args.workdir = args.workdir.absolute()
-  args.results = args.results or args.workdir / "results.md"
-  return args, overrides
+def default_workdir(variant: str, train_zones: Sequence[str], test_zone: str) -> pathlib.Path:
+  """workdir/real_sample/<variant>_<train zones>-<test zone>."""
+  name = f"{variant.replace(',', '+')}_{'+'.join(train_zones)}-{test_zone}"
+  return REPO / "workdir" / "real_sample" / name
 
 
-def main(argv: Sequence[str]) -> int:
-  args, overrides = parse_args(argv)
-  workdir = args.workdir
+def main(argv: list[str]) -> None:
+  overrides = argv[1:]
+  train_zones = [z for z in FLAGS.train_zones if z]
+  workdir = pathlib.Path(FLAGS.workdir or default_workdir(FLAGS.variant, train_zones,
+                                                            FLAGS.test_zone)).absolute()
+  results = pathlib.Path(FLAGS.results) if FLAGS.results else workdir / "results.md"
   fresh = not (workdir / "checkpoints").exists()
-  splits = link_splits(args.sample_root, workdir / "raw", args.train_zones, args.test_zone,
-                       args.validation_patches)
-  common = ["--config", f"configs/plfm.py:small,{args.variant}",
+  splits = link_splits(pathlib.Path(FLAGS.sample_root), workdir / "raw", train_zones,
+                       FLAGS.test_zone, FLAGS.validation_patches)
+  common = ["--config", f"configs/plfm.py:small,{FLAGS.variant}",
             "--workdir", _repo_relative(workdir),
             f"--config.data.tfds_dir={_repo_relative(workdir / 'tfds')}", *overrides]
   python = _repo_relative(sys.executable)
   train = [python, "train.py", *common,
            f"--config.data.manual_dir={_repo_relative(workdir / 'raw')}",
-           *(["--allow_config_change"] if args.allow_config_change else [])]
+           *(["--allow_config_change"] if FLAGS.allow_config_change else [])]
   commands = [("train", train)] + [
       (f"evaluate {split}", [python, "evaluate.py", *common, "--split", split,
                              "--overwrite"]) for split in SPLITS]
@@ -255,7 +238,7 @@ def main(argv: Sequence[str]) -> int:
   summaries = {split: report.read_summary(workdir / "eval" / split / "summary.json")
                for split in SPLITS}
   record = {
-      "variant": args.variant, "train_zones": args.train_zones, "test_zone": args.test_zone,
+      "variant": FLAGS.variant, "train_zones": train_zones, "test_zone": FLAGS.test_zone,
       "splits": splits, "commands": ran, "machine": machine(),
       "config": workdir_lib.config_dict(workdir_lib.saved_config(workdir)),
       "run_note": "from an empty workdir" if fresh else
@@ -263,10 +246,23 @@ def main(argv: Sequence[str]) -> int:
       "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
   }
   report.write_text(workdir / "run.json", json.dumps(record, indent=2) + "\n")
-  report.write_text(args.results, run_markdown(record, summaries))
-  print(f"wrote {args.results}")
-  return 0
+  report.write_text(results, run_markdown(record, summaries))
+  print(f"wrote {results}")
 
 
 if __name__ == "__main__":
-  run_cli(main)
+  from plfm_jax import cli
+  flags.DEFINE_string("variant", "plus",
+                      "configs/plfm.py variant(s), run in their CPU size (`small,` before them).")
+  flags.DEFINE_list("train_zones", ["zone_9_a"], "Training zones, comma-separated.")
+  flags.DEFINE_string("test_zone", "zone_9_b", "Test zone.")
+  flags.DEFINE_string("sample_root", str(DEFAULT_SAMPLE), "The real sample's root folder.")
+  flags.DEFINE_string("workdir", None,
+                      "Default workdir/real_sample/<variant>_<train zones>-<test zone>.")
+  flags.DEFINE_string("results", None, "Report of this run (Markdown); default "
+                      "<workdir>/results.md.")
+  flags.DEFINE_integer("validation_patches", 3,
+                       "Highest-numbered patches of each training zone held out.", lower_bound=1)
+  flags.DEFINE_bool("allow_config_change", False,
+                    "Passed to train.py: resume checkpoints saved with other settings.")
+  cli.run(main, passthrough=lambda arg: arg.startswith("--config."))

@@ -1,7 +1,7 @@
 """The cross-season study of docs/results.md: `paper` and `plus` in both directions, the ablation.
 
-    .venv/bin/python scripts/real_sample_study.py [--sample_root ../shared/data/plfm_sample]
-        [--root workdir/real_sample] [--results docs/results.md] [--only RUN,RUN] [--rerun]
+    .venv/bin/python scripts/real_sample_study.py [--sample_root=../shared/data/plfm_sample]
+        [--root=workdir/real_sample] [--results=docs/results.md] [--only=RUN,RUN] [--rerun]
 
 Each run is one `scripts/real_sample_results.py` call (train on one zone of the real sample,
 evaluate on the held-out patches of that zone and on the other zone) in `<root>/<run>/`; a run
@@ -14,7 +14,6 @@ columns; the test columns are reported, never used to choose.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime
 import json
@@ -23,14 +22,18 @@ import shlex
 import shutil
 import subprocess
 import sys
-from typing import Mapping, Sequence
+from typing import Mapping
 
-from plfm_jax.errors import InputError, run_cli
+from absl import app
+from absl import flags
+
+from plfm_jax.errors import InputError
 from plfm_jax.evaluation import baselines, report
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import real_sample_results  # noqa: E402  (a sibling script)
 
+FLAGS = flags.FLAGS
 REPO = real_sample_results.REPO
 A, B = "zone_9_a", "zone_9_b"
 SEASONS = {A: "Jan-Apr", B: "May-Aug"}
@@ -127,9 +130,9 @@ def execute(name: str, run: Run, root: pathlib.Path, sample_root: pathlib.Path) 
     # The copied stages' checkpoints hold plus's config: this run differs in the overrides.
     reused = ["--allow_config_change"]
   command = [sys.executable, str(REPO / "scripts" / "real_sample_results.py"),
-             "--variant", run.variant, "--train_zones", run.train_zone,
-             "--test_zone", run.test_zone, "--sample_root", str(sample_root),
-             "--workdir", str(workdir), *reused, *run.overrides]
+             f"--variant={run.variant}", f"--train_zones={run.train_zone}",
+             f"--test_zone={run.test_zone}", f"--sample_root={sample_root}",
+             f"--workdir={workdir}", *reused, *run.overrides]
   print(f"=== {name}: {shlex.join(command)}", flush=True)
   subprocess.run(command, cwd=REPO, check=True)
 
@@ -262,28 +265,16 @@ Written {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M U
 """
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--sample_root", type=pathlib.Path,
-                      default=real_sample_results.DEFAULT_SAMPLE)
-  parser.add_argument("--root", type=pathlib.Path, default=REPO / "workdir" / "real_sample")
-  parser.add_argument("--results", type=pathlib.Path, default=REPO / "docs" / "results.md")
-  parser.add_argument("--only", default="", help="comma-separated run names (default: all)")
-  parser.add_argument("--rerun", action="store_true", help="repeat runs that are finished")
-  args = parser.parse_args(argv)
-  args.only = [n for n in args.only.split(",") if n]
-  unknown = [n for n in args.only if n not in RUNS]
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  unknown = [n for n in FLAGS.only if n not in RUNS]
   if unknown:
-    parser.error(f"unknown runs {', '.join(unknown)}; runs: {', '.join(RUNS)}")
-  return args
-
-
-def main(argv: Sequence[str]) -> int:
-  args = parse_args(argv)
-  root = args.root.absolute()
-  for name in args.only or RUNS:
-    if args.rerun or summaries(root / name) is None:
-      execute(name, RUNS[name], root, args.sample_root)
+    raise app.UsageError(f"unknown runs {', '.join(unknown)}; runs: {', '.join(RUNS)}")
+  root = pathlib.Path(FLAGS.root).absolute()
+  for name in FLAGS.only or RUNS:
+    if FLAGS.rerun or summaries(root / name) is None:
+      execute(name, RUNS[name], root, pathlib.Path(FLAGS.sample_root))
   results = {}
   for name in RUNS:
     found = summaries(root / name)
@@ -294,10 +285,16 @@ def main(argv: Sequence[str]) -> int:
   missing = [n for n in MAIN if n not in results]
   if missing:
     raise InputError(root, f"runs not finished: {', '.join(missing)}")
-  report.write_text(args.results, results_markdown(results, real_sample_results.machine()))
-  print(f"wrote {args.results}")
-  return 0
+  report.write_text(FLAGS.results, results_markdown(results, real_sample_results.machine()))
+  print(f"wrote {FLAGS.results}")
 
 
 if __name__ == "__main__":
-  run_cli(main)
+  from plfm_jax import cli
+  flags.DEFINE_string("sample_root", str(real_sample_results.DEFAULT_SAMPLE),
+                      "The real sample's root folder.")
+  flags.DEFINE_string("root", str(REPO / "workdir" / "real_sample"), "Folder of the runs.")
+  flags.DEFINE_string("results", str(REPO / "docs" / "results.md"), "The document to write.")
+  flags.DEFINE_list("only", [], "Runs to do (default: all).")
+  flags.DEFINE_bool("rerun", False, "Repeat runs that are finished.")
+  cli.run(main)

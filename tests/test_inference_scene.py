@@ -68,7 +68,7 @@ def scenes(tmp_path_factory) -> dict:
 
 
 def scene_config():
-  # The fused image itself, not kept clear pixels: --no-composite must show it everywhere.
+  # The fused image itself, not kept clear pixels: --nocomposite must show it everywhere.
   config = tiny_config("demo", size=TILE, keep_clear_pixels=False)
   config.data.stored_size = TILE
   return config
@@ -263,9 +263,9 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 def test_cli(scenes, workdir, tmp_path):
   inputs = scenes["small"]["inputs"]
   out = tmp_path / "out.tif"
-  scene_args = ["--cloudy", inputs.cloudy, "--history", *inputs.history, "--sar", inputs.sar,
-                "--out", out, "--quiet"]
-  done = run_cli("--workdir", workdir, *scene_args, "--cloud-mask", inputs.qa60)
+  scene_args = ["--cloudy", inputs.cloudy, "--history", ",".join(map(str, inputs.history)),
+                "--sar", inputs.sar, "--out", out, "--quiet"]
+  done = run_cli("--workdir", workdir, *scene_args, "--cloud_mask", inputs.qa60)
   assert done.returncode == 0, done.stderr
   assert "wrote" in done.stdout
   assert read(out).shape == scenes["small"]["cloudy"].shape

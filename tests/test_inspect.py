@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from plfm_jax.data.inspect import main
+from plfm_jax.data.inspect import inspect
 from plfm_jax.data.synthetic import write_synthetic_dataset
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -31,7 +31,7 @@ def _first_rgb(root: pathlib.Path) -> pathlib.Path:
 
 
 def test_report_on_valid_dataset(split_root):
-  result = _inspect(split_root, "--image-size", SIZE)
+  result = _inspect(split_root, f"--image_size={SIZE}")
   assert result.returncode == 0, result.stderr
   lines = result.stdout.splitlines()
   assert lines[0] == f"dataset: {split_root}"
@@ -47,7 +47,7 @@ def test_report_on_valid_dataset(split_root):
 def test_bad_file_is_one_line_with_exit_code_2(split_root):
   bad = _first_rgb(split_root)
   bad.write_bytes(bad.read_bytes()[:100])
-  result = _inspect(split_root, "--image-size", SIZE)
+  result = _inspect(split_root, f"--image_size={SIZE}")
   assert result.returncode == 2
   # The progress bar shares stderr; the error is the one line after it.
   *_, error = result.stderr.splitlines()
@@ -57,11 +57,10 @@ def test_bad_file_is_one_line_with_exit_code_2(split_root):
   assert result.stdout == ""
 
 
-def test_skip_invalid_lists_problems(split_root, capsys):
+def test_skip_invalid_lists_problems(split_root):
   bad = _first_rgb(split_root)
   bad.write_bytes(bad.read_bytes()[:100])
-  assert main([str(split_root), "--image-size", str(SIZE), "--skip-invalid"]) == 0
-  out = capsys.readouterr().out.splitlines()
+  out = inspect(split_root, image_size=SIZE, skip_invalid=True).splitlines()
   assert "problems (1, affected series skipped):" in out
   assert any(line.startswith(f"  {bad}: not a readable TIFF") for line in out)
   assert out[-1].startswith("summary: 2 series (train 1, test 1), 1 problem(s)")
@@ -69,11 +68,10 @@ def test_skip_invalid_lists_problems(split_root, capsys):
 
 def test_no_validate_reads_names_only(split_root, capsys):
   _first_rgb(split_root).write_bytes(b"damaged")
-  assert main([str(split_root), "--no-validate"]) == 0
-  out, err = capsys.readouterr()
+  out = inspect(split_root, validate=False)
   assert out.splitlines()[-1] == ("summary: 3 series (train 2, test 1), 0 problem(s), "
                                   "pixels not checked")
-  assert err == ""
+  assert capsys.readouterr().err == ""
 
 
 @pytest.mark.slow

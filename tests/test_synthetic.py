@@ -5,6 +5,8 @@ from __future__ import annotations
 import collections
 import pathlib
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -13,7 +15,9 @@ import tifffile
 from plfm_jax.data import synthetic
 from plfm_jax.data.layout import scan_dataset
 from plfm_jax.data.readers import read_series
-from plfm_jax.errors import InputError, run_cli
+from plfm_jax.errors import InputError
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 COUNTS = {"training": 10, "validation": 3, "test": 3}
 SIZE = 64
@@ -156,17 +160,15 @@ def test_rejects_bad_arguments(tmp_path, kwargs):
     synthetic.write_synthetic_dataset(tmp_path / "x", **kwargs)
 
 
-def test_cli(tmp_path, capsys):
-  argv = [str(tmp_path / "cli"), "--image-size", "16",
-          "--train", "2", "--validation", "1", "--test", "0"]
-  with pytest.raises(SystemExit) as exit_info:
-    run_cli(synthetic.main, argv)
-  assert exit_info.value.code == 0
-  assert "training 2, validation 1, test 0" in capsys.readouterr().out
+@pytest.mark.slow
+def test_cli(tmp_path):
+  command = [sys.executable, "-m", "plfm_jax.data.synthetic", str(tmp_path / "cli"),
+             "--image_size=16", "--train=2", "--validation=1", "--test=0"]
+  done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+  assert done.returncode == 0, done.stderr
+  assert "training 2, validation 1, test 0" in done.stdout
   assert {s: len(v) for s, v in scan_dataset(tmp_path / "cli").splits.items()} == {
       "train": 2, "validation": 1}
-  with pytest.raises(SystemExit) as exit_info:
-    run_cli(synthetic.main, argv)
-  assert exit_info.value.code == 2
-  err = capsys.readouterr().err
-  assert err.startswith("error: ") and err.count("\n") == 1
+  again = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+  assert again.returncode == 2
+  assert again.stderr.startswith("error: ") and again.stderr.count("\n") == 1

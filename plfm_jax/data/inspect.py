@@ -1,32 +1,22 @@
 """Reports what a dataset root holds: series per split, months per zone and any problems.
 
-    python -m plfm_jax.data.inspect ROOT [--image-size 256] [--skip-invalid] [--no-validate]
+    python -m plfm_jax.data.inspect ROOT [--image_size=256] [--skip_invalid] [--novalidate]
+
+ROOT holds sen1/ and sen2/, or training/, validation/ and test/ with them; every image is checked
+unless --novalidate.
 """
 
 from __future__ import annotations
 
-import argparse
-from typing import Sequence
+import os
+
+from absl import app
+from absl import flags
 
 from plfm_jax.data.layout import Scan, scan_dataset
 from plfm_jax.data.readers import validate_scan
-from plfm_jax.errors import run_cli
 
-
-def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
-      prog="python -m plfm_jax.data.inspect",
-      description="Scan a PLFM dataset root (sen1/, sen2/ or training/, validation/, test/) and "
-      "check every image.")
-  parser.add_argument("root", help="dataset root folder")
-  parser.add_argument("--image-size", type=int, default=256,
-                      help="expected image height and width in pixels (default: %(default)s)")
-  parser.add_argument("--skip-invalid", action="store_true",
-                      help="list problems and skip the series they affect instead of stopping")
-  parser.add_argument("--no-validate", action="store_true",
-                      help="check file names only, without reading pixels")
-  parser.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
-  return parser
+FLAGS = flags.FLAGS
 
 
 def format_report(scan: Scan, validated_size: int | None) -> str:
@@ -49,15 +39,26 @@ def format_report(scan: Scan, validated_size: int | None) -> str:
   return "\n".join(lines)
 
 
-def main(argv: Sequence[str]) -> int:
-  """Scans (and by default validates) the dataset named on the command line and prints a report."""
-  args = _parser().parse_args(argv)
-  scan = scan_dataset(args.root, skip_invalid=args.skip_invalid)
-  if not args.no_validate:
-    scan = validate_scan(scan, args.image_size, skip_invalid=args.skip_invalid)
-  print(format_report(scan, None if args.no_validate else args.image_size))
-  return 0
+def inspect(root: str | os.PathLike, *, image_size: int = 256, skip_invalid: bool = False,
+            validate: bool = True) -> str:
+  """Scans (and validates, unless `validate` is False) the dataset at `root`: the report."""
+  scan = scan_dataset(root, skip_invalid=skip_invalid)
+  if validate:
+    scan = validate_scan(scan, image_size, skip_invalid=skip_invalid)
+  return format_report(scan, image_size if validate else None)
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) != 2:
+    raise app.UsageError("give one dataset root: python -m plfm_jax.data.inspect ROOT")
+  print(inspect(argv[1], image_size=FLAGS.image_size, skip_invalid=FLAGS.skip_invalid,
+                validate=FLAGS.validate))
 
 
 if __name__ == "__main__":
-  run_cli(main)
+  from plfm_jax import cli
+  flags.DEFINE_integer("image_size", 256, "Expected image height and width in pixels.")
+  flags.DEFINE_bool("skip_invalid", False,
+                    "List problems and skip the series they affect instead of stopping.")
+  flags.DEFINE_bool("validate", True, "Read every image; --novalidate checks file names only.")
+  cli.run(main)

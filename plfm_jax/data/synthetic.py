@@ -10,22 +10,25 @@ vegetation, bare soil, urban) from multi-octave noise, vegetation following a se
 with per-field timing and some harvests, zone-wide weather per date, and a VV image computed from
 the same land cover with gamma speckle.
 
-Command line: `python -m plfm_jax.data.synthetic ROOT [--image-size 64] [--train N --validation N
---test N] [--seed S] [--flat]`.
+Command line: `python -m plfm_jax.data.synthetic ROOT [--image_size=64] [--train=N --validation=N
+--test=N] [--seed=S] [--flat]`.
 """
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 from typing import Iterator, Mapping, Sequence
 
+from absl import app
+from absl import flags
 import numpy as np
 import tifffile
 
 from plfm_jax.data.clouds import fractal_noise
 from plfm_jax.data.layout import MONTHS, SPLIT_FOLDERS
-from plfm_jax.errors import InputError, run_cli
+from plfm_jax.errors import InputError
+
+FLAGS = flags.FLAGS
 
 DEFAULT_SERIES_PER_SPLIT = {"training": 32, "validation": 8, "test": 8}
 DEFAULT_MONTHS = ("Jan", "Feb", "Mar", "Apr")
@@ -216,30 +219,29 @@ def write_synthetic_dataset(root: str | pathlib.Path, *,
   return root
 
 
-def main(argv: Sequence[str]) -> int:
+def main(argv: list[str]) -> None:
   """Command line: writes a synthetic dataset and prints what it wrote."""
-  parser = argparse.ArgumentParser(prog="python -m plfm_jax.data.synthetic",
-                                   description=__doc__.split("\n")[0])
-  parser.add_argument("root", type=pathlib.Path, help="new or empty destination folder")
-  parser.add_argument("--image-size", type=int, default=64)
-  parser.add_argument("--train", type=int, default=DEFAULT_SERIES_PER_SPLIT["training"])
-  parser.add_argument("--validation", type=int, default=DEFAULT_SERIES_PER_SPLIT["validation"])
-  parser.add_argument("--test", type=int, default=DEFAULT_SERIES_PER_SPLIT["test"])
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--flat", action="store_true",
-                      help="write sen1/ and sen2/ directly under ROOT with all series (their sum)")
-  args = parser.parse_args(argv)
-  counts = {"training": args.train, "validation": args.validation, "test": args.test}
-  root = write_synthetic_dataset(args.root, series_per_split=counts, image_size=args.image_size,
-                                 seed=args.seed, flat=args.flat)
+  if len(argv) != 2:
+    raise app.UsageError("give one destination: python -m plfm_jax.data.synthetic ROOT")
+  counts = {"training": FLAGS.train, "validation": FLAGS.validation, "test": FLAGS.test}
+  root = write_synthetic_dataset(pathlib.Path(argv[1]), series_per_split=counts,
+                                 image_size=FLAGS.image_size, seed=FLAGS.seed, flat=FLAGS.flat)
   files = list(root.rglob("*.tif"))
   megabytes = sum(p.stat().st_size for p in files) / 2**20
-  split_text = f"{sum(counts.values())} series (flat)" if args.flat else ", ".join(
+  split_text = f"{sum(counts.values())} series (flat)" if FLAGS.flat else ", ".join(
       f"{split} {n}" for split, n in counts.items())
-  print(f"wrote {split_text} of {len(DEFAULT_MONTHS)} dates at {args.image_size} px to {root}: "
+  print(f"wrote {split_text} of {len(DEFAULT_MONTHS)} dates at {FLAGS.image_size} px to {root}: "
         f"{len(files)} files, {megabytes:.1f} MiB")
-  return 0
 
 
 if __name__ == "__main__":
-  run_cli(main)
+  from plfm_jax import cli
+  flags.DEFINE_integer("image_size", 64, "Patch height and width in pixels.")
+  flags.DEFINE_integer("train", DEFAULT_SERIES_PER_SPLIT["training"], "Training series.")
+  flags.DEFINE_integer("validation", DEFAULT_SERIES_PER_SPLIT["validation"],
+                       "Validation series.")
+  flags.DEFINE_integer("test", DEFAULT_SERIES_PER_SPLIT["test"], "Test series.")
+  flags.DEFINE_integer("seed", 0, "Seed of everything drawn.")
+  flags.DEFINE_bool("flat", False,
+                    "Write sen1/ and sen2/ directly under ROOT with all series (their sum).")
+  cli.run(main)
