@@ -11,6 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from plfm_jax.errors import InputError
+
 DATA_AXIS = "data"
 
 # Environment variables that announce a multi-process launch (SLURM, Cloud TPU pods, explicit).
@@ -22,14 +24,28 @@ def maybe_initialize_distributed() -> None:
   """Calls jax.distributed.initialize() when launched as one of several processes.
 
   A single process (a laptop, one GPU box) needs nothing; on pods and under SLURM JAX finds the
-  coordinator and process ids from the environment.
+  coordinator and process ids from the environment. An explicit launch sets
+  JAX_COORDINATOR_ADDRESS=host:port, JAX_NUM_PROCESSES and JAX_PROCESS_ID on every process.
+
+  Raises:
+    InputError: JAX_COORDINATOR_ADDRESS is set without the other two, or they are not numbers.
   """
   if os.environ.get("SLURM_NTASKS", "1") == "1" and not any(
       os.environ.get(m) for m in _MULTIPROCESS_MARKERS if m != "SLURM_NTASKS"):
     return
   if jax.distributed.is_initialized():
     return
-  jax.distributed.initialize()
+  explicit = {}
+  if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    try:
+      explicit = dict(coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+                      num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+                      process_id=int(os.environ["JAX_PROCESS_ID"]))
+    except (KeyError, ValueError) as e:
+      raise InputError("JAX_COORDINATOR_ADDRESS", "an explicit multi-process launch also needs "
+                       "JAX_NUM_PROCESSES and JAX_PROCESS_ID set to numbers on every process "
+                       f"({type(e).__name__}: {e})") from None
+  jax.distributed.initialize(**explicit)
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
