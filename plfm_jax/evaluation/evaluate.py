@@ -13,8 +13,8 @@ assembled under a temporary name and renamed):
   per_sample.csv   one row per (sample, method) with every metric
   summary.json     NaN-aware means per method and metric, clouds, timing, FID
   summary.md       the table a person reads
-  panels/*.png     cloudy input | cloud mask | earlier dates | SAR | each branch | fused |
-                   composite | ground truth, for the first samples
+  panels/*.png     cloudy | mask | earlier dates | SAR | each branch | fused | composite |
+                   truth, for the first samples
 """
 
 from __future__ import annotations
@@ -146,17 +146,16 @@ def _column_order(metric_names) -> list[str]:
 
 def _panel_columns(batch: Mapping[str, np.ndarray],
                    images: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """The panels' columns; optical images share each sample's contrast stretch (that of its
-  ground truth), so that dark reflectance is visible and the columns compare."""
+  """The panels' columns, with names short enough for 64 px tiles; optical images share each
+  sample's contrast stretch (that of its ground truth), so that dark reflectance is visible and
+  the columns compare."""
   history = batch["history"]
   stretch = visualize.stretch_like(batch["target"])
-  dates = {f"date t-{history.shape[1] - i}": stretch(history[:, i])
-           for i in range(history.shape[1])}
-  return {"cloudy input": stretch(batch["cloudy"]), "cloud mask": batch["cloud_mask"], **dates,
-          "SAR VV": batch["sar"], "temporal branch": stretch(images["temporal_branch"]),
-          "SAR branch": stretch(images["sar_branch"]), "PLFM fused": stretch(images["plfm_fused"]),
-          "PLFM composite": stretch(images["plfm_composite"]),
-          "ground truth": stretch(batch["target"])}
+  dates = {f"t-{history.shape[1] - i}": stretch(history[:, i]) for i in range(history.shape[1])}
+  return {"cloudy": stretch(batch["cloudy"]), "mask": batch["cloud_mask"], **dates,
+          "SAR VV": batch["sar"], "temporal": stretch(images["temporal_branch"]),
+          "SAR branch": stretch(images["sar_branch"]), "fused": stretch(images["plfm_fused"]),
+          "composite": stretch(images["plfm_composite"]), "truth": stretch(batch["target"])}
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
