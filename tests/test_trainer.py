@@ -111,7 +111,7 @@ def test_config_change_is_refused_unless_allowed(trained, tfds_dir, tmp_path):
   assert out.returncode == 2, out.stderr[-3000:]
   assert out.stderr.strip().splitlines() == [
       f"error: {workdir}/checkpoints/temporal: the config differs from the checkpoint's "
-      "(train.learning_rate: 0.002 -> 0.1; train.num_epochs: 2 -> 3); "
+      "(train.learning_rate: 0.0003 -> 0.1; train.num_epochs: 2 -> 3); "
       "pass --allow_config_change to resume anyway"]
   # Allowed, the finished stage goes on for the extra epoch.
   out = run(changed + ["--allow_config_change"])
