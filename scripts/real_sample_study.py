@@ -159,11 +159,16 @@ def verdicts(results: Mapping[str, dict], train: str, test: str) -> str:
   return "\n\n".join(lines)
 
 
+# Changes of validation PSNR within this many dB are read as no effect: 3 validation series.
+NOISE_DB = 0.1
+
+
 def ablation_table(results: Mapping[str, dict]) -> str:
   """Validation and test, cloud-area PSNR / SSIM of `plus` fused, and the change per switch."""
   reference = results[f"plus_{A}-{B}"]
   header = ("| run | what changes | val PSNR cloud | Δ | val SSIM cloud | test PSNR cloud | Δ | "
-            "test SSIM cloud | minutes |\n|---|---|---:|---:|---:|---:|---:|---:|---:|")
+            "test SSIM cloud | the `plus` setting, on validation | minutes |\n"
+            "|---|---|---:|---:|---:|---:|---:|---:|---|---:|")
   lines = [header]
   for name in (f"plus_{A}-{B}", *ABLATION):
     if name not in results:
@@ -178,6 +183,11 @@ def ablation_table(results: Mapping[str, dict]) -> str:
       base = reference[split]["metrics"]["plfm_fused"]["psnr_cloud"]
       cells += [f"{fused['psnr_cloud']:.2f}", f"{fused['psnr_cloud'] - base:+.2f}",
                 f"{fused['ssim_cloud']:.4f}"]
+    change = (results[name]["validation"]["metrics"]["plfm_fused"]["psnr_cloud"]
+              - reference["validation"]["metrics"]["plfm_fused"]["psnr_cloud"])
+    cells.append("" if name == f"plus_{A}-{B}" else
+                 "helps" if change < -NOISE_DB else "hurts" if change > NOISE_DB else
+                 f"no clear effect (within {NOISE_DB} dB)")
     cells.append(f"{results[name]['minutes']:.1f}")
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)

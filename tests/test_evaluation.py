@@ -103,7 +103,7 @@ def cli_output(trained) -> pathlib.Path:
 def test_writes_every_output(cli_output):
   rows = read_rows(cli_output / "per_sample.csv")
   assert len(rows) == NUM_TEST * len(baselines.METHODS)
-  assert list(rows[0])[:4] == ["index", "sample", "cloud_coverage", "method"]
+  assert list(rows[0])[:5] == ["index", "sample", "cloud_coverage", "temporal_calibration", "method"]
   for metric in ("psnr", "ssim", "sam", "rmse", "mae", "psnr_cloud", "ssim_clear",
                  "shifted_psnr", "shifted_ssim", "shifted_uqi", "shifted_cc"):
     assert metric in rows[0]
@@ -122,6 +122,10 @@ def test_writes_every_output(cli_output):
   assert summary["clouds"]["mean_coverage"] == pytest.approx(coverage, abs=1e-4)
   assert 0.2 <= summary["clouds"]["mean_coverage"] <= 0.9
   assert summary["fid"] == {"computed": False, "reason": "no --fid_weights given"}
+  # The demo (plus) calibrates its temporal correction: the weights it got, per sample.
+  calibration = [float(r["temporal_calibration"]) for r in by_method(rows, "plfm_fused")]
+  assert all(0 <= c <= 1 for c in calibration)
+  assert summary["temporal_calibration"] == pytest.approx(np.mean(calibration), abs=1e-4)
   assert summary["timing"]["total_seconds"] > 0 and summary["timing"]["device"] == "2 x cpu"
   # Means in the summary are the means of the per-sample values.
   fused = by_method(rows, "plfm_fused")
@@ -252,3 +256,21 @@ def test_reflectance_batch_of_a_minmax_batch_is_the_reflectance_batch():
     np.testing.assert_allclose(unscaled[key], batches["reflectance"][key], atol=1e-6)
   np.testing.assert_array_equal(batches["minmax"]["cloud_mask"],
                                 batches["reflectance"]["cloud_mask"])
+
+
+def test_minmax_model_is_scored_in_reflectance_and_in_its_own_normalisation():
+  import jax
+  from plfm_jax.models.plfm import PLFM
+  from tests.tiny import random_batch
+  plfm = PLFM.from_config(tiny_config("paper", size=SIZE).model)
+  variables = plfm.init(jax.random.key(0), image_size=SIZE, series_length=4)
+  batch = random_batch(2, SIZE)
+  images, scores, facts = evaluation._make_step(plfm, "minmax")(variables, batch)
+  assert set(facts) == {"cloud_coverage"}  # nothing calibrated in paper
+  assert {"psnr_cloud", "ssim_cloud", evaluation.NORMALIZED_PREFIX + "psnr_cloud"} <= set(scores)
+  assert all(v.shape == (2, len(baselines.METHODS)) for v in scores.values())
+  # Reflectance scores of the persistence baseline are those of the unscaled earlier date.
+  reflectance = evaluation._reflectance_batch(batch)
+  rmse = np.sqrt(np.mean((reflectance["history"][:, -1] - reflectance["target"])**2, axis=(1, 2, 3)))
+  method = baselines.METHODS.index("persistence")
+  np.testing.assert_allclose(scores["rmse"][:, method], rmse, rtol=1e-4)

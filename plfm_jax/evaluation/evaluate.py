@@ -104,7 +104,10 @@ def _scores(images: Mapping[str, jax.Array], target: jax.Array,
 
 
 def _make_step(model: PLFM, normalization: str):
-  """The jitted evaluation of one global batch: (method images, (B, M) scores, (B,) coverage).
+  """The jitted evaluation of one global batch: (method images, (B, M) scores, per-sample facts).
+
+  The facts: "cloud_coverage" (B,) and, for a calibrated model, "temporal_calibration" (B,),
+  the mean weight the temporal correction was given (`PLFM.calibration`).
 
   Scores are in reflectance (clip(x / 10000, 0, 1)), the scale every variant shares; for a
   model trained in another normalisation also in that one, under NORMALIZED_PREFIX. There the
@@ -116,22 +119,21 @@ def _make_step(model: PLFM, normalization: str):
   def step(variables, batch):
     predictions = model.predict(variables, batch)
     images = baselines.method_images(batch, predictions)
+    facts = {"cloud_coverage": batch["cloud_mask"].mean(axis=(1, 2, 3))}
+    if "calibration" in predictions:
+      facts["temporal_calibration"] = predictions["calibration"].mean(axis=(1, 2, 3))
     if normalization == "reflectance":
-      return images, _scores(images, batch["target"], batch["cloud_mask"]), _coverage(batch)
+      return images, _scores(images, batch["target"], batch["cloud_mask"]), facts
     reflectance = _reflectance_batch(batch)
     scale = batch["s2_scale"][:, -1]
-    reflectance_images = baselines.method_images(
-        reflectance, {k: _to_reflectance(v, scale) for k, v in predictions.items()})
+    reflectance_images = baselines.method_images(reflectance, {
+        key: _to_reflectance(predictions[key], scale) for key in baselines.MODEL_OUTPUTS.values()})
     scores = _scores(reflectance_images, reflectance["target"], batch["cloud_mask"])
     normalized = _scores(images, batch["target"], batch["cloud_mask"])
     scores.update({NORMALIZED_PREFIX + k: v for k, v in normalized.items()})
-    return images, scores, _coverage(batch)
+    return images, scores, facts
 
   return step
-
-
-def _coverage(batch: Mapping[str, jax.Array]) -> jax.Array:
-  return batch["cloud_mask"].mean(axis=(1, 2, 3))
 
 
 def _column_order(metric_names) -> list[str]:
@@ -246,8 +248,12 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
                   for i, method in enumerate(baselines.METHODS)},
       "clouds": {"seed": config.seed, "coverage_range": list(clouds.coverage),
                  "thin_fraction": clouds.thin_fraction, "shadows": clouds.shadows,
-                 "qa60_flags_added": True, "mean_coverage": float(results.coverage.mean())},
+                 "qa60_flags_added": True,
+                 "mean_coverage": float(results.facts["cloud_coverage"].mean())},
       "shifted_protocol": SHIFTED_PROTOCOL,
+      # Mean weight the calibrated temporal correction got (1: applied whole, 0: turned off).
+      "temporal_calibration": (float(results.facts["temporal_calibration"].mean())
+                               if "temporal_calibration" in results.facts else None),
       "fid": fid,
       "timing": {"total_seconds": time.perf_counter() - started,
                  "evaluation_loop_seconds": loop_seconds,
@@ -263,27 +269,30 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
 
 
 class _Results:
-  """Scores, cloud coverage and the images kept for panels (and FID), by split index."""
+  """Scores, per-sample facts (cloud coverage, ...) and the images kept for panels (and FID), by
+  split index."""
 
   def __init__(self, num_samples: int, num_panels: int, *, keep_images: bool):
     self.num_samples = num_samples
     self.num_panels = num_panels
     self.keep_images = keep_images
     self.scores: dict[str, np.ndarray] = {}
-    self.coverage = np.zeros((num_samples,), np.float64)
+    self.facts: dict[str, np.ndarray] = {}
     self._panel_parts: list[dict[str, np.ndarray]] = []
     self._images: dict[str, list[np.ndarray]] = {}
 
   def add(self, indices: np.ndarray, batch: Mapping[str, jax.Array],
           images: Mapping[str, jax.Array], scores: Mapping[str, jax.Array],
-          coverage: jax.Array) -> None:
+          facts: Mapping[str, jax.Array]) -> None:
     """Takes one global batch's step outputs; rows with index -1 (padding) are dropped."""
     keep = indices >= 0
-    scores, coverage = _to_host((scores, coverage))
+    scores, facts = _to_host((scores, facts))
     for name, values in scores.items():
       self.scores.setdefault(name, np.full((self.num_samples, len(baselines.METHODS)), np.nan))
       self.scores[name][indices[keep]] = values[keep]
-    self.coverage[indices[keep]] = coverage[keep]
+    for name, values in facts.items():
+      self.facts.setdefault(name, np.full((self.num_samples,), np.nan))[indices[keep]] = (
+          values[keep])
     drawn = keep & (indices < self.num_panels)
     if not drawn.any() and not self.keep_images:
       return
@@ -303,8 +312,8 @@ class _Results:
   def rows(self, names: list[str]) -> list[dict[str, Any]]:
     """per_sample.csv: a row per (sample, method), metrics in `_column_order`."""
     columns = _column_order(self.scores)
-    return [{"index": i, "sample": names[i], "cloud_coverage": f"{self.coverage[i]:.4f}",
-             "method": method,
+    return [{"index": i, "sample": names[i],
+             **{k: f"{v[i]:.4f}" for k, v in self.facts.items()}, "method": method,
              **{k: format(float(self.scores[k][i, m]), ".7g") for k in columns}}
             for i in range(self.num_samples) for m, method in enumerate(baselines.METHODS)]
 

@@ -144,6 +144,10 @@ def summary_markdown(summary: Mapping[str, Any], labels: Mapping[str, str]) -> s
       f"to {summary['shifted_protocol']['max_shift']} px). Best per column in bold. Every "
       "metric, also over clear pixels, per sample: `per_sample.csv`; means: `summary.json`.\n",
   ]
+  if summary.get("temporal_calibration") is not None:
+    parts.append(f"The temporal branch's correction was weighted by "
+                 f"{summary['temporal_calibration']:.2f} on average (1: applied whole, 0: turned "
+                 "off where it did not fit the cloudy dates' clear pixels).\n")
   fid = summary["fid"]
   if fid["computed"]:
     parts.append("FID (lower is better): " + ", ".join(

@@ -334,7 +334,8 @@ class PLFM:
 
     Returns:
       (outputs, variables with the updated BatchNorm averages). Outputs, all (B, H, W, 3) in
-      [0, 1]: "prior" (with a temporal_prior), "temporal", "sar_branch" and "fused".
+      [0, 1]: "prior" (with a temporal_prior), "temporal", "sar_branch" and "fused"; and, where
+      the temporal correction was calibrated, its (B, 1, 1, 3) weights "calibration".
     """
     v = dict(variables)
     out = {}
@@ -347,7 +348,8 @@ class PLFM:
         out["prior"] = prior
         correction = scale.std * image
         if self.calibrate_temporal and "temporal" not in train:
-          correction = self.calibration(correction, prior, batch) * correction
+          out["calibration"] = self.calibration(correction, prior, batch)
+          correction = out["calibration"] * correction
         image = jnp.clip(prior + correction, 0.0, 1.0)
       out["temporal"] = image
     if "generator" in v:
@@ -365,8 +367,8 @@ class PLFM:
     """Inference (BatchNorm running averages); pure, so `jax.jit` it with the model static.
 
     Returns:
-      float32 (B, H, W, 3) images in [0, 1]: those of `forward` and "composite" (the fused
-      image under clouds, the cloudy input elsewhere).
+      float32 outputs of `forward` (images in [0, 1], calibration weights) and "composite"
+      (the fused image under clouds, the cloudy input elsewhere).
     """
     out, _ = self.forward(variables, batch)
     out = {k: v.astype(jnp.float32) for k, v in out.items()}
