@@ -52,8 +52,10 @@ SPLITS = ("validation", "test")
 
 
 def link_splits(sample_root: pathlib.Path, raw: pathlib.Path, train_zones: Sequence[str],
-                test_zone: str, validation_patches: int) -> dict[str, dict[str, list[int]]]:
-  """Creates `raw/{training,validation,test}` of symbolic links into the sample.
+                test_zone: str | None, validation_patches: int
+                ) -> dict[str, dict[str, list[int]]]:
+  """Creates `raw/{training,validation,test}` of symbolic links into the sample (no `test`
+  without a test zone).
 
   Returns:
     {split folder: {zone: patches}}.
@@ -66,18 +68,20 @@ def link_splits(sample_root: pathlib.Path, raw: pathlib.Path, train_zones: Seque
     raise InputError(sample_root, f"the test zone {test_zone} is also a training zone")
   scan = layout.scan_dataset(sample_root)
   series = {(s.zone, s.patch): s for s in scan.all_series()}
-  patches = {zone: sorted(p for z, p in series if z == zone) for zone in (*train_zones, test_zone)}
+  zones = [*train_zones, *([test_zone] if test_zone else [])]
+  patches = {zone: sorted(p for z, p in series if z == zone) for zone in zones}
   for zone, found in patches.items():
     needed = validation_patches + 1 if zone in train_zones else 1
     if len(found) < needed:
-      zones = sorted({z for z, _ in series})
+      present = sorted({z for z, _ in series})
       raise InputError(sample_root, f"zone {zone} has {len(found)} complete series, needs "
-                       f"{needed} (zones here: {', '.join(zones) or 'none'})")
+                       f"{needed} (zones here: {', '.join(present) or 'none'})")
   splits = {
       "training": {z: patches[z][:len(patches[z]) - validation_patches] for z in train_zones},
       "validation": {z: patches[z][len(patches[z]) - validation_patches:] for z in train_zones},
-      "test": {test_zone: patches[test_zone]},
   }
+  if test_zone:
+    splits["test"] = {test_zone: patches[test_zone]}
   for folder, zones in splits.items():
     for zone, chosen in zones.items():
       for patch in chosen:
@@ -137,12 +141,13 @@ def verdict(means: Mapping[str, Mapping[str, float]]) -> str:
     for metric, label in (("psnr_cloud", "cloud-area PSNR"), ("ssim_cloud", "cloud-area SSIM")):
       missed = shortfalls(means, method, metric, GAP_FILLING)
       line = f"- {baselines.LABELS[method]}, {label} {means[method][metric]:.4g}: " + (
-          "beats every gap-filling baseline" if not missed else
+          "beats persistence, the temporal mean and median and both matched baselines"
+          if not missed else
           "does **not** beat " + ", ".join(f"{baselines.LABELS[m]} ({means[m][metric]:.4g})"
                                            for m in missed))
       behind = shortfalls(means, method, metric, REFERENCES)
       if behind:
-        line += "; below " + ", ".join(f"{baselines.LABELS[m]} ({means[m][metric]:.4g})"
+        line += "; not above the stronger references " + ", ".join(f"{baselines.LABELS[m]} ({means[m][metric]:.4g})"
                                        for m in behind)
       lines.append(line + ".")
   return "\n".join(lines)
