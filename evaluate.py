@@ -1,10 +1,12 @@
 """Evaluates a trained PLFM and baselines on one split.
 
     python evaluate.py --config configs/plfm.py[:variant] --workdir DIR --split test [--config.x=y]
+        [--weights NAME|FILE]
 
 Writes `DIR/eval/<split>/`: per_sample.csv, summary.json, summary.md and PNG panels. Pass the
 same --config and overrides as for training (a model setting that does not fit the checkpoints
-is an error). `--split` takes TFDS slices such as `test[:100]`.
+is an error). `--split` takes TFDS slices such as `test[:100]`. With --weights the model is that
+of a weights file (docs/weights.md) and --config only sets the data; DIR receives the results.
 """
 
 from absl import app
@@ -13,6 +15,7 @@ from ml_collections import config_flags
 
 from plfm_jax import cli
 from plfm_jax import runtime
+from plfm_jax import weights as weights_lib
 from plfm_jax.evaluation import baselines
 from plfm_jax.evaluation import evaluate as evaluation
 from plfm_jax.evaluation import report
@@ -22,6 +25,9 @@ config_flags.DEFINE_config_file("config", "configs/plfm.py", "Config file[:varia
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Training workdir; results go to <workdir>/eval/<split>/.",
                     required=True)
+flags.DEFINE_string("weights", None,
+                    "Evaluate a weights file (or shipped weights: "
+                    f"{', '.join(weights_lib.SHIPPED)}) instead of the workdir's checkpoints.")
 flags.DEFINE_string("split", "test", "TFDS split or slice to evaluate, e.g. test or test[:100].")
 flags.DEFINE_string("fid_weights", None,
                     "Inception-v3 weights file for FID; without it FID is skipped.")
@@ -35,7 +41,9 @@ def main(argv):
   runtime.configure(FLAGS.debug)
   summary = evaluation.evaluate(FLAGS.config, FLAGS.workdir, split=FLAGS.split,
                                 fid_weights=FLAGS.fid_weights, num_panels=FLAGS.num_panels,
-                                overwrite=FLAGS.overwrite)
+                                overwrite=FLAGS.overwrite,
+                                weights=(None if FLAGS.weights is None
+                                         else weights_lib.load(FLAGS.weights)))
   print(report.markdown_table(summary["metrics"], baselines.LABELS))
   print(f"wrote {evaluation.output_dir(FLAGS.workdir, FLAGS.split)}")
 

@@ -1,7 +1,9 @@
 """De-clouds a Sentinel-2 scene with a trained PLFM model (docs/predict.md).
 
-    python predict.py --workdir DIR --cloudy S2_t3.tif --history S2_t0.tif,S2_t1.tif,S2_t2.tif
-        --sar S1_t3.tif [--cloud_mask QA60.tif] --out OUT.tif
+    python predict.py --cloudy S2_t3.tif --history S2_t0.tif,S2_t1.tif,S2_t2.tif
+        --sar S1_t3.tif [--cloud_mask QA60.tif] --out OUT.tif [--weights NAME|FILE | --workdir DIR]
+
+Without --weights or --workdir the shipped weights (docs/weights.md) are used.
 """
 
 from __future__ import annotations
@@ -14,11 +16,15 @@ from absl import flags
 
 from plfm_jax import cli
 from plfm_jax import runtime
+from plfm_jax import weights as weights_lib
 from plfm_jax.inference import cloud_mask, geotiff, scene
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Training workdir holding the model's best checkpoints.",
-                    required=True)
+flags.DEFINE_string("weights", None,
+                    "Weights file, or the name of shipped weights "
+                    f"({', '.join(weights_lib.SHIPPED)}); default {weights_lib.SHIPPED[0]} "
+                    "unless --workdir is given.")
+flags.DEFINE_string("workdir", None, "Training workdir: use its best checkpoints instead.")
 flags.DEFINE_string("cloudy", None,
                     "Sentinel-2 R, G, B (uint16, reflectance x 10000) of the cloudy date.",
                     required=True)
@@ -53,7 +59,13 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   runtime.configure(FLAGS.debug)
   start = time.perf_counter()
-  model = scene.load_tile_model(FLAGS.workdir, batch_size=FLAGS.batch_size)
+  if FLAGS.workdir is not None and FLAGS.weights is not None:
+    raise app.UsageError("give --weights or --workdir, not both")
+  if FLAGS.workdir is not None:
+    model = scene.load_tile_model(FLAGS.workdir, batch_size=FLAGS.batch_size)
+  else:
+    weights = weights_lib.load(FLAGS.weights or weights_lib.SHIPPED[0])
+    model = scene.tile_model(weights.config, weights.variables, batch_size=FLAGS.batch_size)
   if FLAGS.overlap is not None and not 0 <= FLAGS.overlap < model.tile_size:
     raise app.UsageError(f"--overlap must be in [0, {model.tile_size}) for this model's "
                          f"{model.tile_size} px windows")
@@ -64,6 +76,11 @@ def main(argv):
       FLAGS.out, model, overlap=FLAGS.overlap, composite=FLAGS.composite,
       mask_out=FLAGS.mask_out, brightness=FLAGS.cloud_threshold, overwrite=FLAGS.overwrite,
       compression=FLAGS.compression, progress=not FLAGS.quiet)
+  if not report.windows:
+    print("no pixel is under clouds in the cloud mask: the cloudy date is written unchanged")
+  elif report.cloud_fraction == 1:
+    print("every pixel is under clouds: the whole date is restored from the earlier dates and "
+          "the SAR")
   print(f"wrote {FLAGS.out}: {report.height} x {report.width} px, {report.windows} windows, "
         f"{100 * report.cloud_fraction:.1f}% under clouds, {time.perf_counter() - start:.1f} s")
 

@@ -31,15 +31,14 @@ QUICK_SERIES = 4
 
 def _build(config: Any, quick: bool, data_dir: pathlib.Path, scratch: pathlib.Path) -> str:
   """Builds the dataset into `data_dir` (reused when built) and says what it was built from."""
-  size = config.data.stored_size
   if not quick and (SAMPLE_ROOT / "sen2").is_dir():
     raw, source = SAMPLE_ROOT, f"real sample {SAMPLE_ROOT}"
   else:
     raw = write_synthetic_dataset(scratch / "raw", series_per_split={"training": QUICK_SERIES},
-                                  image_size=size, flat=True)
+                                  image_size=config.data.crop_size, flat=True)
     source = f"synthetic, {QUICK_SERIES} series"
-  measure.log(f"input pipeline: building plfm_series/{size}px from {source} (if not built)")
-  tfds_data.ensure_built(data_dir, manual_dir=raw, stored_size=size)
+  measure.log(f"input pipeline: building plfm_series from {source} (if not built)")
+  tfds_data.ensure_built(data_dir, manual_dir=raw)
   return source
 
 

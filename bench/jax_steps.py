@@ -20,6 +20,7 @@ import numpy as np
 from bench import measure
 from plfm_jax import runtime
 from plfm_jax.inference import tiling
+from plfm_jax.data.layout import SERIES_LENGTH
 from plfm_jax.models.plfm import PLFM, count_variables
 from plfm_jax import sharding
 from plfm_jax.train import steps
@@ -73,7 +74,7 @@ def _stage_setup(config: Any, stage: str, batch_size: int, model: PLFM,
                                   sharding.batch_sharded(mesh))
   init_state = lambda v: steps.init_state(v, spec, optimizers)
   frozen = {name: variables[name] for name in spec.frozen}
-  batch = measure.random_batch(batch_size, config.data.crop_size, config.data.series_length)
+  batch = measure.random_batch(batch_size, config.data.crop_size, SERIES_LENGTH)
   if abstract:
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
     return train_step, jax.eval_shape(init_state, variables), frozen, batch
@@ -84,7 +85,7 @@ def _stage_setup(config: Any, stage: str, batch_size: int, model: PLFM,
 
 
 def _init_kwargs(config: Any) -> dict[str, Any]:
-  return dict(image_size=config.data.crop_size, series_length=config.data.series_length)
+  return dict(image_size=config.data.crop_size, series_length=SERIES_LENGTH)
 
 
 def model_flops(quick: bool, stage: str, batch_size: int, dtype: str) -> float:
@@ -176,7 +177,7 @@ def inference(spec: dict[str, Any]) -> dict[str, Any]:
 
   batch_size, tile = spec["batch"], config.data.crop_size
   batch = {k: jnp.asarray(v) for k, v in measure.random_batch(
-      batch_size, tile, config.data.series_length).items() if k != "target"}
+      batch_size, tile, SERIES_LENGTH).items() if k != "target"}
   measure.log(f"jax inference batch {batch_size}: compiling and timing")
   times = measure.time_repeats(lambda: fused(variables, batch).block_until_ready(),
                                warmup=spec["warmup"], repeats=spec["repeats"])

@@ -33,6 +33,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 from bench import measure  # pylint: disable=g-import-not-at-top
+from plfm_jax.data.layout import SERIES_LENGTH  # pylint: disable=g-import-not-at-top
 
 LEARNING_RATE = 2e-4
 BN_MOMENTUM = 0.8
@@ -155,7 +156,7 @@ class HeadStep(keras.Model):
 def build_stage(stage: str, config: Any) -> tuple[keras.Model, dict[str, keras.Model]]:
   """The compiled model whose `train_on_batch` is one step of `stage`, and the component models
   it holds, by name."""
-  size, dates = config.data.crop_size, config.data.series_length - 1
+  size, dates = config.data.crop_size, SERIES_LENGTH - 1
   model_config = config.model
   if stage == "temporal":
     model = temporal_branch(tuple(model_config.temporal_features), size, dates)
@@ -211,7 +212,7 @@ def train(spec: dict[str, Any]) -> Iterator[dict[str, Any]]:
   for batch_size, repeats in zip(spec["batches"], spec["repeats"]):
     measure.log(f"keras {spec['stage']} batch {batch_size}: tracing and timing")
     x, y = stage_data(spec["stage"], measure.random_batch(
-        batch_size, config.data.crop_size, config.data.series_length))
+        batch_size, config.data.crop_size, SERIES_LENGTH))
     times = measure.time_repeats(lambda: model.train_on_batch(x, y), warmup=spec["warmup"],
                                  repeats=repeats)
     results.append({"batch": batch_size, "seconds": measure.stats(times),

@@ -52,7 +52,7 @@ def bench_config(quick: bool, conv_impl: str = "auto", dtype: str = "float32") -
   config.model.conv_impl = conv_impl
   config.model.dtype = dtype
   if quick:
-    config.data.crop_size = config.data.stored_size = QUICK_IMAGE_SIZE
+    config.data.crop_size = QUICK_IMAGE_SIZE
     config.model.temporal_features = (QUICK_FEATURES,) * 3
     config.model.generator_features = QUICK_FEATURES
     config.model.discriminator_features = QUICK_FEATURES

@@ -34,14 +34,10 @@ def data_config() -> ml_collections.ConfigDict:
       tfds_dir="",
       # Raw dataset root in the authors' layout; `plfm_series` is built from it when not built yet.
       manual_dir="",
-      # Size of the stored patches (selects the TFDS builder config `<size>px`).
-      stored_size=256,
       # Size of the random crops training feeds the model.
       crop_size=256,
       # Size of the centre crops validation and evaluation read; 0 = whole stored patches.
       eval_crop_size=0,
-      # Dates per series: T-1 earlier dates feed the temporal branch, the last is the target.
-      series_length=4,
       # S2 normalisation: "minmax" (reference: per image to [0, 1]) or "reflectance" (x / 10000).
       s2_normalization="minmax",
       # Random horizontal/vertical flips in training, the same for every date and for S1.
@@ -61,8 +57,8 @@ def data_config() -> ml_collections.ConfigDict:
       # With neither tfds_dir holding a built dataset nor manual_dir: write a synthetic dataset
       # into the workdir and train on it (the demo's embedded default, no download).
       synthetic=False,
-      # Skip series with unreadable or invalid files (reported at the end) instead of stopping.
-      skip_invalid=False,
+      # Patch size of that synthetic dataset (a built dataset's comes from its files).
+      synthetic_size=256,
       # grain worker processes (0 = in the main process).
       worker_count=0,
       # Threads reading and transforming samples in each process (NumPy releases the GIL in the
@@ -211,7 +207,7 @@ def demo(config: ml_collections.ConfigDict) -> None:
   """`small,plus` at tiny widths on embedded synthetic data: every stage in a minute or two."""
   small(config)
   plus(config)
-  config.data.stored_size = 64
+  config.data.synthetic_size = 64
   config.data.synthetic = True
   config.model.temporal_features = (16, 8, 8)
   config.model.generator_features = 8

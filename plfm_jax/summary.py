@@ -19,12 +19,13 @@ import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
 
+from plfm_jax.data.layout import SERIES_LENGTH
 from plfm_jax.models.plfm import PLFM, count_variables
 
 
 def component_inputs(config: Any, model: PLFM) -> dict[str, tuple[jax.ShapeDtypeStruct, ...]]:
   """Abstract batch-1 inputs of every component for `config`."""
-  size, length = config.data.crop_size, config.data.series_length
+  size, length = config.data.crop_size, SERIES_LENGTH
   image = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
   head_channels = model.head_channels
   return {
@@ -40,7 +41,7 @@ def summarize(config: Any) -> list[dict[str, Any]]:
   model = PLFM.from_config(config.model)
   variables = jax.eval_shape(
       functools.partial(model.init, image_size=config.data.crop_size,
-                        series_length=config.data.series_length),
+                        series_length=SERIES_LENGTH),
       jax.random.key(0))
   rows = []
   for name, inputs in component_inputs(config, model).items():

@@ -22,6 +22,7 @@ import jax
 import ml_collections
 
 from plfm_jax.checkpoints import StageCheckpoints
+from plfm_jax.data.layout import SERIES_LENGTH
 from plfm_jax.errors import InputError
 from plfm_jax.models.plfm import PLFM
 
@@ -37,8 +38,7 @@ MODEL_FIELDS = ("model.temporal_features", "model.generator_features",
                 "model.discriminator_features", "model.head_features", "model.head_inputs",
                 "model.temporal_prior", "model.match_history", "model.head_output",
                 "model.calibrate_temporal", "model.keep_clear_pixels", "model.standardize",
-                "model.norm",
-                "data.series_length", "data.s2_normalization")
+                "model.norm", "data.s2_normalization")
 
 
 def config_dict(config: ml_collections.ConfigDict | Mapping[str, Any]) -> dict:
@@ -84,6 +84,18 @@ def check_model_config(config: ml_collections.ConfigDict,
   return notes
 
 
+def with_trained_model(config: ml_collections.ConfigDict,
+                       trained: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of `config` whose model (the `model` section and every MODEL_FIELDS field) is
+  `trained`'s: how a model from a weights file is run on another config's data."""
+  result = ml_collections.ConfigDict(config_dict(config))
+  result.model = ml_collections.ConfigDict(config_dict(trained.model))
+  for field in MODEL_FIELDS:
+    section, name = field.split(".")
+    result[section][name] = trained[section][name]
+  return result
+
+
 def _stage_checkpoints(workdir: pathlib.Path) -> Iterable[tuple[str, StageCheckpoints]]:
   for stage in STAGE_ORDER:
     if (workdir / "checkpoints" / stage / "best").is_dir():
@@ -125,7 +137,7 @@ def best_variables(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
   model = model or PLFM.from_config(config.model)
   sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
   shapes = jax.eval_shape(functools.partial(model.init, image_size=config.data.crop_size,
-                                            series_length=config.data.series_length),
+                                            series_length=SERIES_LENGTH),
                           jax.random.key(0))
   by_stage: dict[str, list[str]] = {}
   for component in components:

@@ -45,7 +45,7 @@ def flags(overrides: dict) -> list[str]:
 def config(tfds_dir: pathlib.Path, **overrides) -> ml_collections.ConfigDict:
   """configs/plfm.py:demo with the tiny settings, as evaluate.py builds it from its flags."""
   cfg = tiny_config("demo", size=SIZE)
-  cfg.data.stored_size = SIZE
+  cfg.data.synthetic_size = SIZE
   for key, value in {**TRAIN, "data.tfds_dir": str(tfds_dir), **overrides}.items():
     *parents, leaf = key.split(".")
     node = cfg
@@ -69,7 +69,7 @@ def trained(tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path]:
   raw = synthetic.write_synthetic_dataset(
       root / "raw", series_per_split={"training": 4, "validation": 2, "test": NUM_TEST},
       image_size=SIZE)
-  tfds_data.ensure_built(root / "tfds", manual_dir=raw, stored_size=SIZE)
+  tfds_data.ensure_built(root / "tfds", manual_dir=raw)
   out = run("train.py", "--config", "configs/plfm.py:demo", "--workdir", str(root / "work"),
             f"--config.data.tfds_dir={root / 'tfds'}", *tiny_flags(SIZE), *flags(TRAIN))
   assert out.returncode == 0, out.stderr[-3000:]
@@ -245,7 +245,7 @@ def test_reflectance_batch_of_a_minmax_batch_is_the_reflectance_batch():
             "cm": np.zeros((4, SIZE, SIZE), np.uint16), "zone": b"z", "patch": 0,
             "months": np.arange(1, 5, dtype=np.int32)}
   cfg = data_config()
-  cfg.stored_size = cfg.crop_size = SIZE
+  cfg.crop_size = SIZE
   batches = {}
   for normalization in ("minmax", "reflectance"):
     cfg.s2_normalization = normalization

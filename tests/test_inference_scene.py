@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import pathlib
 import subprocess
@@ -70,14 +71,13 @@ def scenes(tmp_path_factory) -> dict:
 def scene_config():
   # The fused image itself, not kept clear pixels: --nocomposite must show it everywhere.
   config = tiny_config("demo", size=TILE, keep_clear_pixels=False)
-  config.data.stored_size = TILE
   return config
 
 
 def random_variables(plfm: PLFM, config) -> dict:
   """Random weights of the right shapes, drawn with NumPy: no initialiser to compile."""
   shapes = jax.eval_shape(functools.partial(
-      plfm.init, image_size=TILE, series_length=config.data.series_length), jax.random.key(0))
+      plfm.init, image_size=TILE, series_length=4), jax.random.key(0))
   rng = np.random.default_rng(0)
 
   def fill(path, leaf):
@@ -205,6 +205,30 @@ def test_no_composite_writes_the_prediction_everywhere(scenes, tiny_model, tmp_p
   assert np.mean(prediction[~mask] != cloudy[~mask]) > 0.5
   # Nodata stays nodata.
   assert not prediction[:5, :7].any()
+
+
+@pytest.mark.parametrize("qa60", [0, 1024], ids=["cloud-free", "fully-cloudy"])
+def test_cloud_free_and_fully_cloudy_dates(scenes, tiny_model, tmp_path, qa60):
+  # Real QA60 exports can be all 0 or all 1024.
+  inputs = scenes["small"]["inputs"]
+  cloudy = read(inputs.cloudy)
+  mask = write(tmp_path / "qa60.tif", np.full(cloudy.shape[:2], qa60, np.uint16))
+  out = tmp_path / "out.tif"
+  report = scene.predict_scene(dataclasses.replace(inputs, qa60=mask), out, tiny_model,
+                               progress=False)
+  result = read(out)
+  assert_same_georeference(inputs.cloudy, out)
+  if qa60 == 0:
+    # Unchanged, and the model was not run.
+    assert (report.windows, report.cloud_fraction) == (0, 0.0)
+    np.testing.assert_array_equal(result, cloudy)
+  else:
+    # Restored everywhere (no clear pixel to match the earlier dates to) but in the nodata
+    # corner, which stays nodata.
+    nodata = ~cloudy.any(axis=-1)
+    assert report.windows > 0 and report.cloud_fraction == 1 - nodata.mean()
+    assert not result[nodata].any()
+    assert np.mean(result[~nodata] != cloudy[~nodata]) > 0.9
 
 
 def test_existing_output_needs_overwrite(scenes, tmp_path):

@@ -31,7 +31,7 @@ def _first_rgb(root: pathlib.Path) -> pathlib.Path:
 
 
 def test_report_on_valid_dataset(split_root):
-  result = _inspect(split_root, f"--image_size={SIZE}")
+  result = _inspect(split_root)
   assert result.returncode == 0, result.stderr
   lines = result.stdout.splitlines()
   assert lines[0] == f"dataset: {split_root}"
@@ -47,7 +47,7 @@ def test_report_on_valid_dataset(split_root):
 def test_bad_file_is_one_line_with_exit_code_2(split_root):
   bad = _first_rgb(split_root)
   bad.write_bytes(bad.read_bytes()[:100])
-  result = _inspect(split_root, f"--image_size={SIZE}")
+  result = _inspect(split_root)
   assert result.returncode == 2
   # The progress bar shares stderr; the error is the one line after it.
   *_, error = result.stderr.splitlines()
@@ -57,10 +57,11 @@ def test_bad_file_is_one_line_with_exit_code_2(split_root):
   assert result.stdout == ""
 
 
-def test_skip_invalid_lists_problems(split_root):
+def test_skip_invalid_lists_problems(split_root, monkeypatch):
   bad = _first_rgb(split_root)
   bad.write_bytes(bad.read_bytes()[:100])
-  out = inspect(split_root, image_size=SIZE, skip_invalid=True).splitlines()
+  monkeypatch.setenv("PLFM_SKIP_INVALID", "1")
+  out = inspect(split_root).splitlines()
   assert "problems (1, affected series skipped):" in out
   assert any(line.startswith(f"  {bad}: not a readable TIFF") for line in out)
   assert out[-1].startswith("summary: 2 series (train 1, test 1), 1 problem(s)")

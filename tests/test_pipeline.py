@@ -14,6 +14,7 @@ from plfm_jax.data.normalize import QA60_CLOUD_BITS, s1_db_to_unit
 from plfm_jax.data.pipeline import BATCH_KEYS, make_iterator, sample_rng, transform_record
 from plfm_jax.data.synthetic import write_synthetic_dataset
 from plfm_jax.data.tfds_data import data_source, ensure_built
+from plfm_jax.errors import InputError
 
 STORED = 40
 CROP = 32
@@ -26,10 +27,9 @@ def config(tmp_path_factory):
   root = tmp_path_factory.mktemp("pipeline")
   raw = write_synthetic_dataset(root / "raw", image_size=STORED, series_per_split=SPLIT_SIZES,
                                 patches_per_zone=6)
-  ensure_built(root / "tfds", manual_dir=raw, stored_size=STORED)
+  ensure_built(root / "tfds", manual_dir=raw)
   cfg = data_config()
   cfg.tfds_dir = str(root / "tfds")
-  cfg.stored_size = STORED
   cfg.crop_size = CROP
   cfg.eval_crop_size = CROP
   return cfg
@@ -70,7 +70,7 @@ def test_s2_scale_undoes_the_normalisation(config, normalization):
   cfg.eval_crop_size = 0  # whole patches
   [batch] = _batches(cfg, 1, split="validation", global_batch_size=2, train=False, seed=0)
   assert batch["target"].shape == (2, STORED, STORED, 3)
-  source = data_source(config.tfds_dir, "validation", stored_size=STORED)
+  source = data_source(config.tfds_dir, "validation")
   for i in range(2):
     s2 = np.asarray(source[i]["s2"], np.float32)
     dates = np.concatenate([batch["history"][i], batch["target"][i][None]])
@@ -169,7 +169,7 @@ def test_evaluation_is_the_same_for_any_batch_size_and_sharding(config):
     interleaved = np.stack([halves[0][key], halves[1][key]], axis=1).reshape(by_one[key].shape)
     np.testing.assert_array_equal(interleaved, by_one[key])
   # And it is the documented per-sample function of the record.
-  source = data_source(config.tfds_dir, "validation", stored_size=STORED)
+  source = data_source(config.tfds_dir, "validation")
   record = source[2]
   expected = transform_record(record, sample_rng(3, record), config, train=False)
   for key in BATCH_KEYS:
@@ -225,7 +225,8 @@ def test_bad_arguments(config):
                   shard_index=0, shard_count=2)
   cfg = config.copy_and_resolve_references()
   cfg.crop_size = STORED + 8
-  with pytest.raises(ValueError, match="larger than data.stored_size"):
+  with pytest.raises(InputError, match=f"data.crop_size {STORED + 8} is larger than the "
+                     f"dataset's {STORED} px patches"):
     make_iterator(cfg, split="train", global_batch_size=1, train=True, seed=0)
 
 
@@ -256,7 +257,7 @@ def test_time_reversal_reads_half_the_series_backwards(config):
   cfg.time_reversal = True
   cfg.flips = False
   cfg.crop_size = cfg.eval_crop_size = STORED
-  source = data_source(config.tfds_dir, "train", stored_size=STORED)
+  source = data_source(config.tfds_dir, "train")
   record = source[0]
   s2 = np.asarray(record["s2"], np.float32) / 10000
   orders = set()

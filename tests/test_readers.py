@@ -28,7 +28,7 @@ def test_real_sample_validates_at_256(sample_root):
 
 def test_real_sample_read_series(sample_root):
   series = scan_dataset(sample_root).splits["train"][0]
-  arrays = read_series(series)
+  arrays = read_series(series, 256)
   assert arrays["s2"].shape == (4, 256, 256, 3) and arrays["s2"].dtype == np.uint16
   assert arrays["s1"].shape == (4, 256, 256, 1) and arrays["s1"].dtype == np.float32
   assert arrays["cm"].shape == (4, 256, 256) and arrays["cm"].dtype == np.uint16

@@ -53,14 +53,14 @@ def test_tfds_build_stops_before_writing(free_bytes, tmp_path):
   # 4 series, plus the largest split again for TFDS's shuffler, of 4 dates x 16 x 16 px x 12 B.
   needed = (4 + 3) * 4 * SIZE * SIZE * 12
   free_bytes[0] = needed - 1
-  with pytest.raises(InputError, match=rf"building plfm_series/{SIZE}px needs 84 KiB free on "
-                     r"/\S*, has 84 KiB$") as info:
-    ensure_built(tmp_path / "tfds", manual_dir=raw, stored_size=SIZE)
+  with pytest.raises(InputError, match=rf"building plfm_series of {SIZE} px patches needs 84 KiB "
+                     r"free on /\S*, has 84 KiB$") as info:
+    ensure_built(tmp_path / "tfds", manual_dir=raw)
   assert info.value.path == str(tmp_path / "tfds")
-  assert not is_built(tmp_path / "tfds", stored_size=SIZE)
+  assert not is_built(tmp_path / "tfds")
   assert not list((tmp_path / "tfds").rglob("*.array_record*"))
   free_bytes[0] = needed
-  assert ensure_built(tmp_path / "tfds", manual_dir=raw, stored_size=SIZE).info.splits[
+  assert ensure_built(tmp_path / "tfds", manual_dir=raw).info.splits[
       "train"].num_examples == 3
 
 

@@ -11,21 +11,20 @@ import sys
 
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
+import tifffile
 
 from plfm_jax.data.layout import MONTHS, scan_dataset
 from plfm_jax.data.readers import read_series
 from plfm_jax.data.synthetic import write_synthetic_dataset
-from plfm_jax.data.tfds_data import data_source, ensure_built
+from plfm_jax.data.tfds_data import data_source, ensure_built, patch_size
 from plfm_jax.errors import InputError
-from tfds_builders.plfm_series import Builder, config_for_size
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SPLIT_SIZES = {"training": 16, "validation": 4, "test": 4}
 SIZE = 64
 
 # Runs in a fresh interpreter where TensorFlow is installed but cannot be found, as on a machine
-# without it: builds the dataset (argv: data_dir, manual_dir, image size), reads every split,
+# without it: builds the dataset (argv: data_dir, manual_dir, crop size), reads every split,
 # makes a batch with the input pipeline, and prints the split sizes, the batch's shape and any
 # TensorFlow module that got imported anyway.
 _BUILD_WITHOUT_TENSORFLOW = """
@@ -47,10 +46,10 @@ from plfm_jax.data.pipeline import make_iterator
 from plfm_jax.data.tfds_data import data_source, ensure_built
 
 data_dir, manual_dir, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
-builder = ensure_built(data_dir, manual_dir=manual_dir, stored_size=size)
-sizes = {split: len(data_source(data_dir, split, stored_size=size)) for split in builder.info.splits}
+builder = ensure_built(data_dir, manual_dir=manual_dir)
+sizes = {split: len(data_source(data_dir, split)) for split in builder.info.splits}
 config = data_config()
-config.tfds_dir, config.stored_size, config.crop_size = data_dir, size, size
+config.tfds_dir, config.crop_size = data_dir, size
 batch = next(make_iterator(config, split="train", global_batch_size=2, train=True, seed=0))
 tf = sorted(m for m in sys.modules if m.split(".")[0] == "tensorflow")
 print(json.dumps({"sizes": sizes, "history": batch["history"].shape, "tensorflow_modules": tf}))
@@ -64,20 +63,22 @@ def raw_root(tmp_path_factory) -> pathlib.Path:
                                  series_per_split=SPLIT_SIZES, patches_per_zone=6)
 
 
-def _run(args: list[str]) -> subprocess.CompletedProcess:
+def _run(args: list[str], returncode: int = 0) -> subprocess.CompletedProcess:
   # From the repository root, where `configs` can be imported.
   result = subprocess.run(args, capture_output=True, text=True, timeout=600, check=False,
                           cwd=REPO_ROOT)
-  assert result.returncode == 0, (
+  assert result.returncode == returncode, (
       f"{args[:3]} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
   return result
 
 
 def _check_built(data_dir: pathlib.Path, raw: pathlib.Path, size: int) -> None:
-  """Every split holds exactly the series of the raw dataset, with the contract's features."""
+  """Every split holds exactly the series of the raw dataset, with the contract's features, and
+  the dataset records its patch size."""
+  assert patch_size(data_dir) == size
   scan = scan_dataset(raw)
   for split, series_list in scan.splits.items():
-    source = data_source(data_dir, split, stored_size=size)
+    source = data_source(data_dir, split)
     assert len(source) == len(series_list), split
     expected = {(s.zone, s.patch, tuple(MONTHS.index(m) + 1 for m in s.months)): s
                 for s in series_list}
@@ -97,13 +98,35 @@ def _check_built(data_dir: pathlib.Path, raw: pathlib.Path, size: int) -> None:
       np.testing.assert_array_equal(found[identity][name], image)
 
 
-@pytest.mark.slow
-def test_cli_build(raw_root, tmp_path):
+def _tfds_build(raw: pathlib.Path, data_dir: pathlib.Path, returncode: int = 0
+                ) -> subprocess.CompletedProcess:
+  """The README's command, verbatim but for the folders."""
   tfds_cli = pathlib.Path(sys.executable).parent / "tfds"
-  _run([str(tfds_cli), "build", str(REPO_ROOT / "tfds_builders" / "plfm_series"),
-        f"--manual_dir={raw_root}", f"--data_dir={tmp_path}", "--file_format=array_record",
-        "--config=64px"])
-  _check_built(tmp_path, raw_root, SIZE)
+  return _run([str(tfds_cli), "build", str(REPO_ROOT / "tfds_builders" / "plfm_series"),
+               f"--manual_dir={raw}", f"--data_dir={data_dir}", "--file_format=array_record"],
+              returncode)
+
+
+@pytest.mark.slow
+def test_cli_build_takes_the_patch_size_from_the_data(raw_root, tmp_path):
+  # The demo's 64 px patches and the authors' 256 px ones, with the same command.
+  _tfds_build(raw_root, tmp_path / "64")
+  _check_built(tmp_path / "64", raw_root, SIZE)
+  raw = write_synthetic_dataset(tmp_path / "raw256", image_size=256, patches_per_zone=2,
+                                series_per_split={"training": 2, "validation": 1, "test": 1})
+  _tfds_build(raw, tmp_path / "256")
+  _check_built(tmp_path / "256", raw, 256)
+
+
+@pytest.mark.slow
+def test_cli_bad_file_is_one_line_with_exit_code_2(tmp_path):
+  raw = write_synthetic_dataset(tmp_path / "raw", image_size=16, series_per_split={"training": 2})
+  bad = sorted((raw / "training" / "sen2").rglob("image_CM_*.tif"))[-1]
+  bad.write_bytes(b"not a tiff")
+  result = _tfds_build(raw, tmp_path / "tfds", returncode=2)
+  assert "Traceback" not in result.stderr
+  assert result.stderr.rstrip().splitlines()[-1].startswith(f"error: {bad}: not a readable TIFF")
+  assert result.stderr.count("error: ") == 1
 
 
 def test_python_build_without_tensorflow(raw_root, tmp_path):
@@ -118,12 +141,16 @@ def test_python_build_without_tensorflow(raw_root, tmp_path):
 def test_flat_layout_and_custom_size(tmp_path):
   raw = write_synthetic_dataset(tmp_path / "raw", image_size=24, series_per_split={"training": 3},
                                 flat=True)
-  builder = ensure_built(tmp_path / "tfds", manual_dir=raw, stored_size=24)
-  assert builder.builder_config.name == "24px"
+  builder = ensure_built(tmp_path / "tfds", manual_dir=raw)
   assert dict(builder.info.splits).keys() == {"train"}
   _check_built(tmp_path / "tfds", raw, 24)
   # Built once: a second call reuses it without the raw data.
-  assert ensure_built(tmp_path / "tfds", stored_size=24).info.splits["train"].num_examples == 3
+  assert ensure_built(tmp_path / "tfds").info.splits["train"].num_examples == 3
+  # grain worker processes receive the source pickled.
+  source = data_source(tmp_path / "tfds", "train")
+  clone = pickle.loads(pickle.dumps(source))
+  for key in ("s2", "s1", "cm"):
+    np.testing.assert_array_equal(clone[2][key], source[2][key])
 
 
 def test_invalid_series_stop_the_build_or_are_skipped(tmp_path, caplog, monkeypatch):
@@ -134,57 +161,52 @@ def test_invalid_series_stop_the_build_or_are_skipped(tmp_path, caplog, monkeypa
   for path in bad:
     path.write_bytes(b"not a tiff")
   with pytest.raises(InputError, match="not a readable TIFF") as error:
-    ensure_built(tmp_path / "strict", manual_dir=raw, stored_size=16)
+    ensure_built(tmp_path / "strict", manual_dir=raw)
   assert error.value.path == str(bad[0])
 
-  # Skipping drops the series using a bad file, and the validation split that had only one.
+  # PLFM_SKIP_INVALID drops the series using a bad file, and the validation split that had only
+  # one.
+  monkeypatch.setenv("PLFM_SKIP_INVALID", "1")
   with caplog.at_level(logging.WARNING):
-    builder = ensure_built(tmp_path / "skip", manual_dir=raw, stored_size=16, skip_invalid=True)
+    builder = ensure_built(tmp_path / "skip", manual_dir=raw)
   assert {k: v.num_examples for k, v in builder.info.splits.items()} == {"train": 3}
   messages = "\n".join(r.getMessage() for r in caplog.records)
   assert all(str(path) in messages for path in bad) and "split validation" in messages
 
-  # The CLI's way: the environment variable.
-  monkeypatch.setenv("PLFM_SKIP_INVALID", "1")
-  builder = Builder(data_dir=tmp_path / "env", config=config_for_size(16))
-  builder.download_and_prepare(file_format="array_record",
-                               download_config=tfds.download.DownloadConfig(manual_dir=raw))
-  assert builder.info.splits["train"].num_examples == 3
 
-
-def test_builder_survives_pickling(tmp_path):
-  # grain worker processes receive the builder pickled; predefined and custom configs both work.
-  for size in (64, 24):
-    builder = Builder(data_dir=tmp_path, config=config_for_size(size), skip_invalid=True)
-    clone = pickle.loads(pickle.dumps(builder))
-    assert clone.builder_config.image_size == size and clone.skip_invalid
-
-
-def test_wrong_patch_size_is_an_input_error(raw_root, tmp_path):
-  with pytest.raises(InputError, match=f"expected 32 x 32 pixels, found {SIZE} x {SIZE}"):
-    ensure_built(tmp_path, manual_dir=raw_root, stored_size=32)
+def test_patches_of_another_size_or_not_square_are_input_errors(tmp_path):
+  raw = write_synthetic_dataset(tmp_path / "raw", image_size=16, series_per_split={"training": 2})
+  rgb = sorted((raw / "training" / "sen2").rglob("image_RGB_*.tif"))
+  tifffile.imwrite(rgb[-1], np.zeros((8, 8, 3), np.uint16))
+  with pytest.raises(InputError, match="expected 16 x 16 pixels, found 8 x 8") as error:
+    ensure_built(tmp_path / "tfds", manual_dir=raw)
+  assert error.value.path == str(rgb[-1])
+  # The size comes from the first series' first RGB image.
+  tifffile.imwrite(scan_dataset(raw).all_series()[0].rgb[0], np.zeros((16, 12, 3), np.uint16))
+  with pytest.raises(InputError, match="patches must be square, found 16 x 12 pixels"):
+    ensure_built(tmp_path / "tfds", manual_dir=raw)
 
 
 def test_missing_dataset_split_or_raw_data(raw_root, tmp_path):
   with pytest.raises(InputError, match="not built here and no raw dataset"):
-    ensure_built(tmp_path / "none", stored_size=SIZE)
+    ensure_built(tmp_path / "none")
   with pytest.raises(InputError, match="does not exist or is empty"):
-    ensure_built(tmp_path / "none", manual_dir=tmp_path / "missing", stored_size=SIZE)
+    ensure_built(tmp_path / "none", manual_dir=tmp_path / "missing")
   with pytest.raises(InputError, match="is not built here"):
-    data_source(tmp_path / "none", "train", stored_size=SIZE)
+    data_source(tmp_path / "none", "train")
   raw = write_synthetic_dataset(tmp_path / "raw", image_size=8, series_per_split={"training": 1})
-  ensure_built(tmp_path / "tfds", manual_dir=raw, stored_size=8)
+  ensure_built(tmp_path / "tfds", manual_dir=raw)
   with pytest.raises(InputError, match=r"no split 'test' \(it has: train\)"):
-    data_source(tmp_path / "tfds", "test", stored_size=8)
+    data_source(tmp_path / "tfds", "test")
   with pytest.raises(InputError, match=r"split 'train\[1:1\]' .* selects no records"):
-    data_source(tmp_path / "tfds", "train[1:1]", stored_size=8)
-  assert len(data_source(tmp_path / "tfds", "train[:1]", stored_size=8)) == 1
+    data_source(tmp_path / "tfds", "train[1:1]")
+  assert len(data_source(tmp_path / "tfds", "train[:1]")) == 1
 
 
 def test_real_sample(sample_root, tmp_path):
-  builder = ensure_built(tmp_path, manual_dir=sample_root, stored_size=256)
-  assert dict(builder.info.splits).keys() == {"train"}
-  source = data_source(tmp_path, "train", stored_size=256)
+  builder = ensure_built(tmp_path, manual_dir=sample_root)
+  assert dict(builder.info.splits).keys() == {"train"} and patch_size(tmp_path) == 256
+  source = data_source(tmp_path, "train")
   assert len(source) == 24
   months = {}
   for i in range(len(source)):

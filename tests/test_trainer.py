@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 import shutil
 import signal
@@ -37,7 +38,7 @@ def tfds_dir(tmp_path_factory) -> pathlib.Path:
   root = tmp_path_factory.mktemp("trainer_data")
   raw = synthetic.write_synthetic_dataset(
       root / "raw", series_per_split={"training": 6, "validation": 2}, image_size=SIZE)
-  tfds_data.ensure_built(root / "tfds", manual_dir=raw, stored_size=SIZE)
+  tfds_data.ensure_built(root / "tfds", manual_dir=raw)
   return root / "tfds"
 
 
@@ -46,8 +47,10 @@ def train_command(workdir: pathlib.Path, tfds_dir: pathlib.Path, *extra: str) ->
           "--workdir", str(workdir), f"--config.data.tfds_dir={tfds_dir}", *TINY, *extra]
 
 
-def run(command: list[str]) -> subprocess.CompletedProcess:
-  return subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=REPO)
+def run(command: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+  """Runs `command` from the repository root, with `env` added to the environment."""
+  return subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=REPO,
+                        env={**os.environ, **(env or {})})
 
 
 def saved_steps(workdir: pathlib.Path, stage: str) -> list[int]:

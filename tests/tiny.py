@@ -25,7 +25,7 @@ def tiny_flags(size: int = 32) -> list[str]:
   """The command-line overrides of `tiny_config` for train.py and evaluate.py (stored patches of
   `size` px, read whole)."""
   values = {**{f"model.{k}": v for k, v in TINY_MODEL.items()},
-            "data.stored_size": size, "data.crop_size": size}
+            "data.synthetic_size": size, "data.crop_size": size}
   return [f"--config.{k}={''.join(str(v).split())}" for k, v in values.items()]
 
 

@@ -1,9 +1,11 @@
 """Reports what a dataset root holds: series per split, months per zone and any problems.
 
-    python -m plfm_jax.data.inspect ROOT [--image_size=256] [--skip_invalid] [--novalidate]
+    [PLFM_SKIP_INVALID=1] python -m plfm_jax.data.inspect ROOT [--novalidate]
 
 ROOT holds sen1/ and sen2/, or training/, validation/ and test/ with them; every image is checked
-unless --novalidate.
+(at the size of the first RGB image, as `tfds build` does) unless --novalidate. The first problem
+stops the report, as it would stop a build; with PLFM_SKIP_INVALID=1 every problem is listed and
+the series they affect are left out, as a build would leave them out.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ import os
 from absl import app
 from absl import flags
 
-from plfm_jax.data.layout import Scan, scan_dataset
-from plfm_jax.data.readers import validate_scan
+from plfm_jax.data.layout import Scan, scan_dataset, skip_invalid_requested
+from plfm_jax.data.readers import patch_size, validate_scan
 
 FLAGS = flags.FLAGS
 
@@ -39,26 +41,23 @@ def format_report(scan: Scan, validated_size: int | None) -> str:
   return "\n".join(lines)
 
 
-def inspect(root: str | os.PathLike, *, image_size: int = 256, skip_invalid: bool = False,
-            validate: bool = True) -> str:
+def inspect(root: str | os.PathLike, *, validate: bool = True) -> str:
   """Scans (and validates, unless `validate` is False) the dataset at `root`: the report."""
+  skip_invalid = skip_invalid_requested()
   scan = scan_dataset(root, skip_invalid=skip_invalid)
-  if validate:
-    scan = validate_scan(scan, image_size, skip_invalid=skip_invalid)
-  return format_report(scan, image_size if validate else None)
+  if not validate:
+    return format_report(scan, None)
+  size = patch_size(scan)
+  return format_report(validate_scan(scan, size, skip_invalid=skip_invalid), size)
 
 
 def main(argv: list[str]) -> None:
   if len(argv) != 2:
     raise app.UsageError("give one dataset root: python -m plfm_jax.data.inspect ROOT")
-  print(inspect(argv[1], image_size=FLAGS.image_size, skip_invalid=FLAGS.skip_invalid,
-                validate=FLAGS.validate))
+  print(inspect(argv[1], validate=FLAGS.validate))
 
 
 if __name__ == "__main__":
   from plfm_jax import cli
-  flags.DEFINE_integer("image_size", 256, "Expected image height and width in pixels.")
-  flags.DEFINE_bool("skip_invalid", False,
-                    "List problems and skip the series they affect instead of stopping.")
   flags.DEFINE_bool("validate", True, "Read every image; --novalidate checks file names only.")
   cli.run(main)

@@ -19,6 +19,13 @@ import re
 
 from plfm_jax.errors import InputError
 
+# Dates per series: three earlier dates and the one to restore (the authors' dataset has four
+# months per zone).
+SERIES_LENGTH = 4
+# The one switch that makes every reader of a raw dataset (`tfds build`, train.py, evaluate.py,
+# inspect) leave out series with invalid files, logging each, instead of stopping at the first.
+SKIP_INVALID_ENV = "PLFM_SKIP_INVALID"
+
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 SPLIT_FOLDERS = {"training": "train", "validation": "validation", "test": "test"}
 MODALITY_FOLDERS = ("sen1", "sen2")
@@ -36,6 +43,16 @@ _NAME_PATTERNS = {
         r"_patch_(?P<patch>\d+)\.tiff?", re.IGNORECASE)
     for folder, kinds in FOLDER_KINDS.items()
 }
+
+
+def skip_invalid_requested() -> bool:
+  """Whether PLFM_SKIP_INVALID asks to leave out series with invalid files (1/0, true/false)."""
+  value = os.environ.get(SKIP_INVALID_ENV, "").strip().lower()
+  if value in ("", "0", "false", "no"):
+    return False
+  if value in ("1", "true", "yes"):
+    return True
+  raise InputError(SKIP_INVALID_ENV, f"environment variable must be 1 or 0, got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,7 +257,7 @@ def _scan_split(split: str, split_dir: pathlib.Path, scan: Scan, series_length: 
     scan.splits[split].extend(series)
 
 
-def scan_dataset(root: str | os.PathLike, *, series_length: int = 4,
+def scan_dataset(root: str | os.PathLike, *, series_length: int = SERIES_LENGTH,
                  skip_invalid: bool = False) -> Scan:
   """Finds every series of `series_length` consecutive months under `root`, by file names only.
 

@@ -22,7 +22,8 @@ import numpy as np
 
 from plfm_jax.data.clouds import simulate_clouds
 from plfm_jax.data.normalize import normalize_s2, qa60_cloud_mask, s1_db_to_unit, s2_scale
-from plfm_jax.data.tfds_data import data_source
+from plfm_jax.data.tfds_data import data_source, patch_size
+from plfm_jax.errors import InputError
 
 BATCH_KEYS = ("history", "target", "cloudy", "cloud_mask", "sar", "s2_scale")
 # Distinguishes the shuffle's seed from the per-sample seeds derived from the same run seed.
@@ -43,11 +44,10 @@ def transform_record(record: Mapping[str, Any], rng: np.random.Generator,
 
   Training crops `crop_size` at a random position, flips at random and, with `time_reversal`,
   reads half the series backwards (the earliest date becomes the one to restore, a change of
-  season the training data may lack); evaluation crops the
-  centre (`crop_size`) and does not flip. The simulated clouds always come from `rng`. Reads
-  `crop_size`, `eval_crop_size`, `s2_normalization`, `flips`, `time_reversal` and `clouds` of
-  `data_config`
-  (the `data` section of configs/plfm.py).
+  season the training data may lack); evaluation crops the centre (`eval_crop_size`) and does
+  not flip. The simulated clouds always come from `rng`. Reads `crop_size`, `eval_crop_size`,
+  `s2_normalization`, `flips`, `time_reversal` and `clouds` of `data_config` (the `data` section
+  of configs/plfm.py).
   """
   s2, s1, cm = (np.asarray(record[k]) for k in ("s2", "s1", "cm"))
   if train and data_config["time_reversal"] and rng.random() < 0.5:
@@ -58,9 +58,7 @@ def transform_record(record: Mapping[str, Any], rng: np.random.Generator,
   sar = s1[-1:]
   qa60 = cm[-1:]
   stored = s2.shape[1]
-  size = crop_size(data_config, train=train)
-  if size > stored:
-    raise ValueError(f"crop size {size} is larger than the stored patches ({stored} px)")
+  size = crop_size(data_config, train=train, patch_size=stored)
   if train:
     top, left = rng.integers(0, stored - size + 1, size=2)
   else:
@@ -91,12 +89,15 @@ def transform_record(record: Mapping[str, Any], rng: np.random.Generator,
   }
 
 
-def crop_size(data_config: Mapping[str, Any], *, train: bool) -> int:
-  """Side of the crops: `crop_size` in training, else `eval_crop_size` (0: whole patches,
-  `stored_size`)."""
-  if train:
-    return data_config["crop_size"]
-  return data_config["eval_crop_size"] or data_config["stored_size"]
+def crop_size(data_config: Mapping[str, Any], *, train: bool, patch_size: int) -> int:
+  """Side of the crops of patches of `patch_size` pixels: `crop_size` in training, else
+  `eval_crop_size` (0: whole patches)."""
+  size = data_config["crop_size"] if train else data_config["eval_crop_size"] or patch_size
+  if size > patch_size:
+    name = "data.crop_size" if train else "data.eval_crop_size"
+    raise InputError(data_config["tfds_dir"], f"{name} {size} is larger than the dataset's "
+                     f"{patch_size} px patches")
+  return size
 
 
 class _Example:
@@ -173,12 +174,8 @@ def make_iterator(data_config: Mapping[str, Any], *, split: str, global_batch_si
   if global_batch_size < 1 or global_batch_size % shard_count:
     raise ValueError(f"global_batch_size {global_batch_size} must be a positive multiple of the "
                      f"shard count {shard_count}")
-  if crop_size(data_config, train=train) > data_config["stored_size"]:
-    raise ValueError(f"the crop size {crop_size(data_config, train=train)} (data.crop_size or "
-                     f"data.eval_crop_size) is larger than data.stored_size "
-                     f"{data_config['stored_size']}")
-
-  source = data_source(data_config["tfds_dir"], split, stored_size=data_config["stored_size"])
+  source = data_source(data_config["tfds_dir"], split)
+  crop_size(data_config, train=train, patch_size=patch_size(data_config["tfds_dir"]))
   keys = _record_keys(len(source), train=train, seed=seed, num_epochs=num_epochs,
                       shard_index=shard_index, shard_count=shard_count)
   examples = keys.map(_Example(source, data_config, train=train, seed=seed))

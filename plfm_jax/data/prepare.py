@@ -24,14 +24,12 @@ def prepare_dataset(config: ml_collections.ConfigDict, workdir: pathlib.Path) ->
   tfds_dir = data.tfds_dir or str(workdir / "tfds")
   if jax.process_index() == 0:
     manual_dir = data.manual_dir
-    if not manual_dir and data.synthetic and not tfds_data.is_built(tfds_dir,
-                                                                    stored_size=data.stored_size):
+    if not manual_dir and data.synthetic and not tfds_data.is_built(tfds_dir):
       manual_dir = write_synthetic_once(workdir / "synthetic", config)
-    tfds_data.ensure_built(tfds_dir, manual_dir=manual_dir or None, stored_size=data.stored_size,
-                           skip_invalid=data.skip_invalid)
+    tfds_data.ensure_built(tfds_dir, manual_dir=manual_dir or None)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("plfm_dataset_ready")
-  builder = tfds_data.ensure_built(tfds_dir, stored_size=data.stored_size)
+  builder = tfds_data.ensure_built(tfds_dir)
   return tfds_dir, {name: split.num_examples for name, split in builder.info.splits.items()}
 
 
@@ -40,7 +38,7 @@ def write_synthetic_once(root: pathlib.Path, config: ml_collections.ConfigDict) 
   if not root.exists():
     partial = root.with_name(root.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    synthetic.write_synthetic_dataset(partial, image_size=config.data.stored_size,
+    synthetic.write_synthetic_dataset(partial, image_size=config.data.synthetic_size,
                                       seed=config.seed)
     partial.rename(root)
   return root

@@ -15,8 +15,10 @@ from plfm_jax.data.layout import Scan, Series
 from plfm_jax.errors import InputError
 
 
-def _read_tiff(path: str | os.PathLike, bands: int, what: str, image_size: int) -> np.ndarray:
-  """Decodes the first image of a TIFF as (H, W, bands), checking its declared shape first.
+def _read_tiff(path: str | os.PathLike, bands: int, what: str,
+               image_size: int | None) -> np.ndarray:
+  """Decodes the first image of a TIFF as (H, W, bands), checking its declared shape first
+  (image_size x image_size pixels; None: any size).
 
   The shape in the header is checked before any pixel is decoded: a damaged header can declare
   billions of pixels, whose allocation would exhaust the memory instead of naming the file.
@@ -48,21 +50,20 @@ def _read_tiff(path: str | os.PathLike, bands: int, what: str, image_size: int) 
 
 
 def _is_planar(path: str | os.PathLike, shape: tuple[int, ...], bands: int, what: str,
-               image_size: int) -> bool:
+               image_size: int | None) -> bool:
   """Whether an image of `shape` stores its bands first; raises unless it is one `what` image
-  of `bands` bands and image_size x image_size pixels."""
+  of `bands` bands and image_size x image_size pixels (None: any size)."""
   if len(shape) == 2:
     shape = (*shape, 1)
   elif len(shape) != 3:
-    raise InputError(path, f"expected a {what} image of {image_size} x {image_size} pixels, "
-                     f"found an array of shape {tuple(shape)}")
+    raise InputError(path, f"expected one {what} image, found an array of shape {tuple(shape)}")
   # Planar files (bands, H, W): the band axis is the short one.
   planar = shape[-1] != bands and shape[0] < shape[-1]
   if planar:
     shape = (*shape[1:], shape[0])
   if shape[-1] != bands:
     raise InputError(path, f"expected {bands} band(s) ({what}), found {shape[-1]}")
-  if shape[:2] != (image_size, image_size):
+  if image_size is not None and shape[:2] != (image_size, image_size):
     raise InputError(path, f"expected {image_size} x {image_size} pixels, "
                      f"found {shape[0]} x {shape[1]}")
   return planar
@@ -73,21 +74,21 @@ def _check_uint16(path: str | os.PathLike, image: np.ndarray, what: str) -> None
     raise InputError(path, f"expected {what} of dtype uint16, found {image.dtype}")
 
 
-def read_rgb(path: str | os.PathLike, image_size: int = 256) -> np.ndarray:
+def read_rgb(path: str | os.PathLike, image_size: int | None = None) -> np.ndarray:
   """Reads a Sentinel-2 RGB image (B4, B3, B2) as (H, W, 3) uint16; planar files are transposed."""
   image = _read_tiff(path, 3, "R, G, B", image_size)
   _check_uint16(path, image, "RGB reflectance x 10000")
   return image
 
 
-def read_cm(path: str | os.PathLike, image_size: int = 256) -> np.ndarray:
+def read_cm(path: str | os.PathLike, image_size: int | None = None) -> np.ndarray:
   """Reads a Sentinel-2 QA60 cloud mask as (H, W) uint16."""
   image = _read_tiff(path, 1, "QA60 cloud mask", image_size)
   _check_uint16(path, image, "QA60 cloud mask")
   return image[..., 0]
 
 
-def read_s1(path: str | os.PathLike, image_size: int = 256) -> np.ndarray:
+def read_s1(path: str | os.PathLike, image_size: int | None = None) -> np.ndarray:
   """Reads a Sentinel-1 VV backscatter image in dB as (H, W) float32; it must be all finite."""
   image = _read_tiff(path, 1, "VV backscatter in dB", image_size)
   if not np.issubdtype(image.dtype, np.floating):
@@ -101,8 +102,30 @@ def read_s1(path: str | os.PathLike, image_size: int = 256) -> np.ndarray:
   return image
 
 
-def read_series(series: Series, image_size: int = 256) -> dict[str, np.ndarray]:
-  """Reads every month of `series`.
+def patch_size(scan: Scan) -> int:
+  """The side of the dataset's square patches: that of its first readable RGB image.
+
+  Every reader then checks each file against it. With no readable RGB image, raises the first
+  one's error.
+  """
+  first_error = None
+  for path in (p for series in scan.all_series() for p in series.rgb):
+    try:
+      image = read_rgb(path, None)
+    except InputError as e:
+      first_error = first_error or e
+      continue
+    if image.shape[0] != image.shape[1]:
+      raise InputError(path, f"patches must be square, found {image.shape[0]} x {image.shape[1]} "
+                       "pixels")
+    return image.shape[0]
+  if first_error is not None:
+    raise first_error
+  raise InputError(scan.root, "no series found")
+
+
+def read_series(series: Series, image_size: int) -> dict[str, np.ndarray]:
+  """Reads every month of `series`; every image must have image_size x image_size pixels.
 
   Returns s2 (T, H, W, 3) uint16, s1 (T, H, W, 1) float32 dB and cm (T, H, W) uint16.
   """
@@ -113,7 +136,7 @@ def read_series(series: Series, image_size: int = 256) -> dict[str, np.ndarray]:
   }
 
 
-def validate_scan(scan: Scan, image_size: int = 256, *, skip_invalid: bool = False,
+def validate_scan(scan: Scan, image_size: int, *, skip_invalid: bool = False,
                   progress: bool = True) -> Scan:
   """Reads every file of every series once and checks its pixels.
 

@@ -13,47 +13,50 @@ from typing import Any, Sequence
 import tensorflow_datasets as tfds
 
 from plfm_jax.errors import InputError
-from tfds_builders.plfm_series import Builder, config_for_size
+from tfds_builders.plfm_series import Builder
 
 FILE_FORMAT = "array_record"
 
 
-def _builder(data_dir: str | os.PathLike | None, stored_size: int,
-             skip_invalid: bool = False) -> Builder:
+def _builder(data_dir: str | os.PathLike | None) -> Builder:
   # An empty data_dir (the config default) means TFDS's own default: $TFDS_DATA_DIR or
   # ~/tensorflow_datasets.
-  return Builder(data_dir=os.fspath(data_dir) if data_dir else None,
-                 config=config_for_size(stored_size), skip_invalid=skip_invalid)
+  return Builder(data_dir=os.fspath(data_dir) if data_dir else None)
 
 
 def _name(builder: Builder) -> str:
-  return f"{builder.name}/{builder.builder_config.name}"
+  return f"{builder.name} {builder.version}"
 
 
-def is_built(data_dir: str | os.PathLike | None, *, stored_size: int = 256) -> bool:
-  """Whether `plfm_series/<stored_size>px` is already built in `data_dir`."""
-  return _builder(data_dir, stored_size).is_prepared()
+def is_built(data_dir: str | os.PathLike | None) -> bool:
+  """Whether `plfm_series` is already built in `data_dir`."""
+  return _builder(data_dir).is_prepared()
 
 
-def ensure_built(data_dir: str | os.PathLike | None, *, manual_dir: str | os.PathLike | None = None,
-                 stored_size: int = 256, skip_invalid: bool = False) -> Builder:
-  """Returns the `plfm_series/<stored_size>px` builder, built from `manual_dir` first if needed.
+def patch_size(data_dir: str | os.PathLike | None) -> int:
+  """The side in pixels of the square patches of the dataset built in `data_dir`."""
+  return int(_builder(data_dir).info.metadata["patch_size"])
+
+
+def ensure_built(data_dir: str | os.PathLike | None, *,
+                 manual_dir: str | os.PathLike | None = None) -> Builder:
+  """Returns the `plfm_series` builder, built from `manual_dir` first if needed.
 
   Run it in one process only (e.g. before launching a multi-host job): concurrent builds of the
-  same data_dir race. An existing build is reused as is, whatever `manual_dir` holds.
+  same data_dir race. An existing build is reused as is, whatever `manual_dir` holds. The patch
+  size comes from the data (`patch_size`); PLFM_SKIP_INVALID=1 leaves out series with invalid
+  files (each is logged) instead of stopping at the first.
 
   Args:
     data_dir: TFDS data directory holding or receiving the dataset (empty: the TFDS default).
     manual_dir: raw dataset in the authors' layout (split folders training/, validation/, test/
       with sen1/ and sen2/, or sen1/ and sen2/ directly for a single train split).
-    stored_size: stored patch size in pixels; every patch must have exactly this size.
-    skip_invalid: leave out series with invalid files (each is logged) instead of stopping.
 
   Raises:
     InputError: the dataset is not built and `manual_dir` is not given, does not exist, is empty
       or holds invalid data.
   """
-  builder = _builder(data_dir, stored_size, skip_invalid)
+  builder = _builder(data_dir)
   if builder.is_prepared():
     return builder
   if not manual_dir:
@@ -69,9 +72,8 @@ def ensure_built(data_dir: str | os.PathLike | None, *, manual_dir: str | os.Pat
   return builder
 
 
-def data_source(data_dir: str | os.PathLike | None, split: str, *,
-                stored_size: int = 256) -> Sequence[dict[str, Any]]:
-  """Random-access source of the built `plfm_series/<stored_size>px` records of `split`.
+def data_source(data_dir: str | os.PathLike | None, split: str) -> Sequence[dict[str, Any]]:
+  """Random-access source of the built `plfm_series` records of `split`.
 
   `split` is a split name or a TFDS slice such as `train[:80%]`. Records are dicts of NumPy
   arrays as in docs/architecture.md (`zone` as bytes, `patch` as int).
@@ -80,7 +82,7 @@ def data_source(data_dir: str | os.PathLike | None, split: str, *,
     InputError: the dataset is not built in `data_dir`, was built in another file format,
       lacks `split`, or `split` selects no records.
   """
-  builder = _builder(data_dir, stored_size)
+  builder = _builder(data_dir)
   if not builder.is_prepared():
     raise InputError(builder.data_dir, f"dataset {_name(builder)} is not built here; build it "
                      "with plfm_jax.data.tfds_data.ensure_built or `tfds build "

@@ -34,6 +34,7 @@ from jax.experimental import multihost_utils
 from plfm_jax import metrics
 from plfm_jax import sharding
 from plfm_jax import visualize
+from plfm_jax import weights as weights_lib
 from plfm_jax import workdir as workdir_lib
 from plfm_jax.data import pipeline
 from plfm_jax.data import tfds_data
@@ -43,10 +44,8 @@ from plfm_jax.data.normalize import REFLECTANCE_SCALE
 from plfm_jax.errors import InputError
 from plfm_jax.evaluation import baselines
 from plfm_jax.evaluation import report
-from plfm_jax.models.plfm import PLFM
+from plfm_jax.models.plfm import INFERENCE_COMPONENTS, PLFM
 
-# The components predict() needs, each from the best checkpoint of the stage training it.
-COMPONENTS = ("temporal", "generator", "head")
 # The reference's shifted protocol (docs/reference_model.md).
 SHIFTED_PROTOCOL = {"border": 5, "max_shift": 3}
 # Prefix of the metrics computed in the model's own normalisation where it is not reflectance.
@@ -162,18 +161,23 @@ def _panel_columns(batch: Mapping[str, np.ndarray],
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
              split: str = "test", fid_weights: str | pathlib.Path | None = None,
-             num_panels: int = 8, overwrite: bool = False) -> dict[str, Any]:
-  """Evaluates the workdir's best PLFM and the baselines on `split`; writes `output_dir`.
+             num_panels: int = 8, overwrite: bool = False,
+             weights: weights_lib.Weights | None = None) -> dict[str, Any]:
+  """Evaluates the workdir's best PLFM (or `weights`) and the baselines on `split`; writes
+  `output_dir`.
 
   Args:
     config: the config the workdir was trained with (configs/plfm.py and the same overrides);
       `batch_size`, `data.crop_size` and `data.eval_crop_size` may differ (the batch size
       changes no score). Samples are centre crops of `data.eval_crop_size` (0: whole patches).
-    workdir: a train.py workdir.
+      With `weights`, only its data settings count: the model is the weights'.
+    workdir: a train.py workdir, or with `weights` any folder (results and a synthetic dataset
+      go there).
     split: TFDS split or slice, e.g. "test", "validation", "test[:100]".
     fid_weights: Inception-v3 weights file for FID; None skips FID (summary.json says so).
     num_panels: samples drawn in the PNG panels (the first ones of the split).
     overwrite: replace an existing output folder instead of refusing.
+    weights: a loaded weights file to evaluate instead of the workdir's checkpoints.
 
   Returns:
     The summary, as written to summary.json (before its non-finite numbers are spelled out).
@@ -192,21 +196,27 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
     # Refuses unusable weights before the evaluation rather than after it; the FID below then
     # takes them from metrics' cache.
     metrics.load_fid_weights(fid_weights)
-  config_notes = workdir_lib.check_model_config(config, workdir)
+  if weights is None:
+    config_notes = workdir_lib.check_model_config(config, workdir)
+  else:
+    config, config_notes = workdir_lib.with_trained_model(config, weights.config), []
   for note in config_notes:
     print(f"note: evaluating with a model setting that differs from training: {note}")
 
   tfds_dir, _ = prepare_dataset(config, workdir)
   data_config = config.data.copy_and_resolve_references()
   data_config.tfds_dir = tfds_dir
-  source = tfds_data.data_source(tfds_dir, split, stored_size=config.data.stored_size)
+  source = tfds_data.data_source(tfds_dir, split)
   num_samples = len(source)
   devices = jax.devices()[:config.train.num_devices] if config.train.num_devices > 0 else None
   mesh = sharding.make_mesh(devices)
   sharding.check_batch_size(config.batch_size, mesh)
   model = PLFM.from_config(config.model)
-  variables = workdir_lib.best_variables(config, workdir, COMPONENTS, model=model,
-                                     sharding=sharding.replicated(mesh))
+  if weights is None:
+    variables = workdir_lib.best_variables(config, workdir, INFERENCE_COMPONENTS, model=model,
+                                           sharding=sharding.replicated(mesh))
+  else:
+    variables = jax.device_put(weights.variables, sharding.replicated(mesh))
 
   step = _make_step(model, config.data.s2_normalization)
   results = _Results(num_samples, num_panels, keep_images=fid_weights is not None)
@@ -235,9 +245,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
   summary = {
       "split": split,
       "workdir": str(workdir.absolute()),
+      "weights": None if weights is None else str(weights.path),
       "config_variant": config.get("variant", ""),
       "num_samples": num_samples,
-      "image_size": pipeline.crop_size(config.data, train=False),
+      "image_size": pipeline.crop_size(data_config, train=False,
+                                       patch_size=tfds_data.patch_size(tfds_dir)),
       "s2_normalization": config.data.s2_normalization,
       "metric_space": ("reflectance, clip(x / 10000, 0, 1); metrics prefixed "
                        f"{NORMALIZED_PREFIX!r} in the model's {config.data.s2_normalization} "

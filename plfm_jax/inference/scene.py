@@ -6,7 +6,8 @@
 
 Everything streams: memory holds about one row of windows of every input (window height x scene
 width) and the batches in flight, whatever the scene size. The model is any `predict_tiles`
-callable; `load_tile_model` binds a trained one from a workdir.
+callable; `load_tile_model` binds a trained one from a workdir, `tile_model` any config and
+variables (those of a weights file, `plfm_jax.weights`).
 """
 
 from __future__ import annotations
@@ -20,22 +21,22 @@ import sys
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import jax
+import ml_collections
 import numpy as np
 import tqdm
 
 from plfm_jax import diskspace
 from plfm_jax import sharding
 from plfm_jax import workdir as workdir_lib
+from plfm_jax.data.layout import SERIES_LENGTH
 from plfm_jax.data.normalize import (REFLECTANCE_SCALE, S2_NORMALIZATIONS, normalize_s2,
                                      s1_db_to_unit)
 from plfm_jax.errors import InputError
 from plfm_jax.inference import cloud_mask as cloud_mask_lib
 from plfm_jax.inference import geotiff
 from plfm_jax.inference import tiling
-from plfm_jax.models.plfm import PLFM, composite as composite_images
+from plfm_jax.models.plfm import INFERENCE_COMPONENTS, PLFM, composite as composite_images
 
-# The components inference needs (the discriminator only serves training).
-COMPONENTS = ("temporal", "generator", "head")
 # "minmax" models: the cloudy window is scaled by the min and max of its own clear pixels when at
 # least this share of the window is clear, else by those of the latest earlier date.
 MIN_CLEAR_FRACTION = 0.25
@@ -79,7 +80,8 @@ class SceneInputs:
 
 @dataclasses.dataclass(frozen=True)
 class SceneReport:
-  """What `predict_scene` did."""
+  """What `predict_scene` did: the scene's size, the model windows run (0 when a cloud-free date
+  was written unchanged) and the share of pixels restored."""
   height: int
   width: int
   windows: int
@@ -88,19 +90,27 @@ class SceneReport:
 
 def load_tile_model(workdir: str | os.PathLike, *, batch_size: int = 8,
                     devices: Sequence[jax.Device] | None = None) -> TileModel:
-  """The best trained model of `workdir` as a TileModel, batches sharded over `devices`.
-
-  `batch_size` is rounded up to a multiple of the device count; variables are replicated on
-  every device. One process only (a multi-host run would need each process's slice).
+  """The best trained model of `workdir` as a TileModel (see `tile_model`).
 
   Raises:
     InputError: no trained model (or a missing stage) in `workdir`.
   """
   config = workdir_lib.saved_config(workdir)
+  variables = workdir_lib.best_variables(config, workdir, INFERENCE_COMPONENTS)
+  return tile_model(config, variables, batch_size=batch_size, devices=devices)
+
+
+def tile_model(config: ml_collections.ConfigDict, variables: Mapping[str, Any], *,
+               batch_size: int = 8, devices: Sequence[jax.Device] | None = None) -> TileModel:
+  """The model of the training `config` with `variables` as a TileModel, batches sharded over
+  `devices`: windows of the training crop size, its normalisation.
+
+  `batch_size` is rounded up to a multiple of the device count; variables are replicated on
+  every device. One process only (a multi-host run would need each process's slice).
+  """
   model = PLFM.from_config(config.model)
   mesh = sharding.make_mesh(devices)
-  variables = workdir_lib.best_variables(config, workdir, COMPONENTS, model=model,
-                                     sharding=sharding.replicated(mesh))
+  variables = jax.device_put(variables, sharding.replicated(mesh))
 
   @jax.jit
   def fused(variables: dict, batch: dict) -> jax.Array:
@@ -111,7 +121,7 @@ def load_tile_model(workdir: str | os.PathLike, *, batch_size: int = 8,
 
   return TileModel(predict_tiles=predict_tiles, tile_size=int(config.data.crop_size),
                    normalization=config.data.s2_normalization,
-                   history_length=int(config.data.series_length) - 1,
+                   history_length=SERIES_LENGTH - 1,
                    batch_size=-(-batch_size // mesh.size) * mesh.size)
 
 
@@ -261,8 +271,9 @@ def predict_scene(inputs: SceneInputs, out: str | os.PathLike, model: TileModel,
     overlap: pixels shared by neighbouring windows, blended by feathering; default a quarter of
       the window.
     composite: keep the cloudy input's clear pixels exactly and take the prediction only under
-      clouds; False writes the prediction everywhere. Pixels at the cloudy input's nodata value
-      stay nodata either way.
+      clouds (a date without clouds is then written unchanged, without running the model);
+      False writes the prediction everywhere. Pixels at the cloudy input's nodata value stay
+      nodata either way.
     mask_out: also write the cloud mask used (uint8, 1 = restored) here, on the same grid.
     brightness: threshold of the cloud heuristic, used when `inputs.qa60` is None.
     overwrite: replace existing output files.
@@ -300,30 +311,17 @@ def predict_scene(inputs: SceneInputs, out: str | os.PathLike, model: TileModel,
       needed[mask_out.parent.resolve()] += height * width
     for folder, size in needed.items():
       diskspace.check_free_space(folder, size, "the output")
-    grid = tiling.TileGrid(height, width, model.tile_size, overlap)
-    bar = stack.enter_context(tqdm.tqdm(total=len(grid), unit="window", desc="predicting",
-                                        file=sys.stderr, disable=not progress))
-    windows = _windows(rasters, grid, model.normalization, brightness)
-    blocks = tiling.blend(grid, _predictions(windows, model, bar))
-    cloud_pixels = 0
-
-    def output_blocks() -> Iterator[tuple[int, np.ndarray]]:
-      nonlocal cloud_pixels
-      for first, rows in blocks:
-        stop = first + len(rows)
-        original = cloudy.read_rows(first, stop)
-        mask = _mask_rows(rasters, first, stop, original, brightness)
-        cloud_pixels += int(mask.sum())
-        prediction = np.rint(np.clip(rows, 0, np.iinfo(np.uint16).max)).astype(np.uint16)
-        if composite:
-          prediction = np.asarray(composite_images(prediction, original, mask[..., None]))
-        elif cloudy.nodata is not None:
-          nodata = np.all(original == cloudy.nodata, axis=-1, keepdims=True)
-          prediction = np.where(nodata, original, prediction)
-        yield first, prediction
-
-    geotiff.write_geotiff(out, output_blocks(), height=height, width=width, bands=3,
-                          dtype=np.uint16, tags=cloudy.tags, photometric=cloudy.photometric,
+    cloud_pixels = sum(int(_mask_rows(rasters, first, first + len(rows), rows, brightness).sum())
+                       for first, rows in cloudy.row_bands(geotiff.OUTPUT_TILE))
+    if composite and not cloud_pixels:
+      # Nothing to restore: the composite is the input, pixel for pixel.
+      blocks = cloudy.row_bands(geotiff.OUTPUT_TILE)
+      grid = ()
+    else:
+      grid = tiling.TileGrid(height, width, model.tile_size, overlap)
+      blocks = _output_blocks(rasters, grid, model, composite, brightness, stack, progress)
+    geotiff.write_geotiff(out, blocks, height=height, width=width, bands=3, dtype=np.uint16,
+                          tags=cloudy.tags, photometric=cloudy.photometric,
                           compression=compression)
     if mask_out is not None:
       mask_blocks = ((first, _mask_rows(rasters, first, first + len(rows), rows, brightness)
@@ -335,3 +333,24 @@ def predict_scene(inputs: SceneInputs, out: str | os.PathLike, model: TileModel,
                             dtype=np.uint8, tags=tags, compression=compression)
   return SceneReport(height=height, width=width, windows=len(grid),
                      cloud_fraction=cloud_pixels / (height * width))
+
+
+def _output_blocks(rasters: Mapping[str, Any], grid: tiling.TileGrid, model: TileModel,
+                   composite: bool, brightness: float, stack: contextlib.ExitStack,
+                   progress: bool) -> Iterator[tuple[int, np.ndarray]]:
+  """(first row, uint16 rows) of the output: the model's blended windows, composited."""
+  cloudy = rasters["cloudy"]
+  bar = stack.enter_context(tqdm.tqdm(total=len(grid), unit="window", desc="predicting",
+                                      file=sys.stderr, disable=not progress))
+  windows = _windows(rasters, grid, model.normalization, brightness)
+  for first, rows in tiling.blend(grid, _predictions(windows, model, bar)):
+    stop = first + len(rows)
+    original = cloudy.read_rows(first, stop)
+    prediction = np.rint(np.clip(rows, 0, np.iinfo(np.uint16).max)).astype(np.uint16)
+    if composite:
+      mask = _mask_rows(rasters, first, stop, original, brightness)
+      prediction = np.asarray(composite_images(prediction, original, mask[..., None]))
+    elif cloudy.nodata is not None:
+      nodata = np.all(original == cloudy.nodata, axis=-1, keepdims=True)
+      prediction = np.where(nodata, original, prediction)
+    yield first, prediction

@@ -33,6 +33,8 @@ from plfm_jax.models.norm import NORMS
 from plfm_jax.models.unet import UNet
 
 COMPONENTS = ("temporal", "generator", "discriminator", "head")
+# The components `predict` needs (the discriminator only serves training).
+INFERENCE_COMPONENTS = ("temporal", "generator", "head")
 HEAD_INPUTS = ("branches", "branches+cloudy")
 HEAD_OUTPUTS = ("image", "residual", "affine")
 # Output channels of the head per head_output: an image, a correction, or per band the gains of

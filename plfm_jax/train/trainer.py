@@ -25,6 +25,7 @@ from plfm_jax import visualize
 from plfm_jax import workdir as workdir_lib
 from plfm_jax.checkpoints import StageCheckpoints, abstract_like
 from plfm_jax.data import pipeline
+from plfm_jax.data.layout import SERIES_LENGTH
 from plfm_jax.data.prepare import prepare_dataset
 from plfm_jax.errors import InputError, TrainingDiverged
 from plfm_jax.models.plfm import PLFM
@@ -80,7 +81,7 @@ class StageRunner:
     if self._fresh_variables is None:
       self._fresh_variables = self.model.init(
           jax.random.key(self.config.seed), image_size=self.config.data.crop_size,
-          series_length=self.config.data.series_length)
+          series_length=SERIES_LENGTH)
     return self._fresh_variables
 
   def best_variables(self, components) -> dict:

@@ -2,6 +2,6 @@
 
 # Relative, so that `tfds build tfds_builders/plfm_series` (which imports this folder as the
 # top-level package `plfm_series`) and `import tfds_builders.plfm_series` load one module each.
-from .plfm_series_dataset_builder import Builder, PlfmSeriesConfig, config_for_size
+from .plfm_series_dataset_builder import Builder
 
-__all__ = ["Builder", "PlfmSeriesConfig", "config_for_size"]
+__all__ = ["Builder"]
