@@ -11,6 +11,7 @@ of a weights file (docs/weights.md) and --config only sets the data; DIR receive
 
 from absl import app
 from absl import flags
+import jax
 from ml_collections import config_flags
 
 from plfm_jax import cli
@@ -44,8 +45,9 @@ def main(argv):
                                 overwrite=FLAGS.overwrite,
                                 weights=(None if FLAGS.weights is None
                                          else weights_lib.load(FLAGS.weights)))
-  print(report.markdown_table(summary["metrics"], baselines.LABELS))
-  print(f"wrote {evaluation.output_dir(FLAGS.workdir, FLAGS.split)}")
+  if jax.process_index() == 0:
+    print(report.markdown_table(summary["metrics"], baselines.LABELS))
+    print(f"wrote {evaluation.output_dir(FLAGS.workdir, FLAGS.split)}")
 
 
 if __name__ == "__main__":

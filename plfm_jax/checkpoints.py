@@ -23,8 +23,8 @@ class StageCheckpoints:
 
   def __init__(self, workdir: str | pathlib.Path, stage: str, *, keep: int = 3):
     root = pathlib.Path(workdir).absolute() / "checkpoints" / stage
-    self.last = _manager(root / "last", max_to_keep=keep)
-    self.best = _manager(root / "best", max_to_keep=1)
+    self.last = _manager(root / "last", max_to_keep=keep, name=f"{stage}_last")
+    self.best = _manager(root / "best", max_to_keep=1, name=f"{stage}_best")
 
   def save(self, step: int, state: Any, progress: dict, config: dict, *, best: bool) -> None:
     """Saves asynchronously to `last` (and `best` when the validation loss improved)."""
@@ -83,12 +83,16 @@ class StageCheckpoints:
     self.best.close()
 
 
-def _manager(directory: pathlib.Path, *, max_to_keep: int) -> ocp.CheckpointManager:
+def _manager(directory: pathlib.Path, *, max_to_keep: int, name: str) -> ocp.CheckpointManager:
+  # Over several processes, orbax synchronises each save with named barriers: managers that
+  # share the default names collide ("Barrier _async_commit_complete.0 is already ongoing").
   return ocp.CheckpointManager(
       directory,
-      options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                           cleanup_tmp_directories=True,
-                                           enable_async_checkpointing=True),
+      options=ocp.CheckpointManagerOptions(
+          max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True,
+          enable_async_checkpointing=True,
+          multiprocessing_options=ocp.options.MultiprocessingOptions(
+              barrier_sync_key_prefix=name)),
       item_names=_ITEMS)
 
 

@@ -132,6 +132,14 @@ def lockstep_batches(local_batches: Iterator[Mapping[str, np.ndarray]], *, num_s
     yield global_batch(local, mesh), indices
 
 
+def valid_rows(indices: np.ndarray, mesh: Mesh) -> jax.Array:
+  """The (B,) float32 global array, 1 for the real rows of a `lockstep_batches` batch and 0 for
+  its padding, from the batch's global `indices` (each process contributes its own rows)."""
+  rows = len(indices) // jax.process_count()
+  mine = indices[jax.process_index() * rows:(jax.process_index() + 1) * rows]
+  return global_batch({"valid": (mine >= 0).astype(np.float32)}, mesh)["valid"]
+
+
 def process_local(batch: Mapping[str, jax.Array]) -> dict[str, np.ndarray]:
   """This process's rows of a global batch (its addressable shards, in row order), as NumPy."""
   def local(x: jax.Array) -> np.ndarray:

@@ -1,16 +1,28 @@
-"""Several JAX processes on one machine, launched explicitly as the README shows for clusters."""
+"""Several JAX processes on one machine, launched explicitly as the README shows for clusters,
+and through scripts/launch_local.py."""
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import socket
 import subprocess
 import sys
+import time
 
+import jax
+import numpy as np
 import pytest
 
+from plfm_jax import workdir as workdir_lib
+from test_trainer import TINY, train_command
+from test_trainer import tfds_dir  # noqa: F401  (a fixture, used by name)
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
+LAUNCH = [sys.executable, str(REPO / "scripts" / "launch_local.py")]
+# The GAN stage alone (it needs no earlier stage) with a global batch of 4: 8 Adam steps.
+GAN_ONLY = [*TINY, "--config.batch_size=4", '--config.train.stages=("gan",)']
 
 # Each process: 2 forced CPU devices, a global batch over all 4, a sum over it.
 _WORKER = """
@@ -54,3 +66,75 @@ def test_explicit_launch_needs_every_variable(monkeypatch):
   monkeypatch.delenv("JAX_NUM_PROCESSES", raising=False)
   with pytest.raises(InputError, match="JAX_NUM_PROCESSES and JAX_PROCESS_ID"):
     sharding.maybe_initialize_distributed()
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one_and_only_process_0_reports(tfds_dir,  # noqa: F811
+                                                                   tmp_path):
+  two = subprocess.run([*LAUNCH, "--processes=2", "--devices_per_process=2", "--",
+                        *train_command(tmp_path / "two", tfds_dir, *GAN_ONLY)],
+                       cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert two.returncode == 0, two.stderr[-3000:]
+  one = subprocess.run(train_command(tmp_path / "one", tfds_dir, *GAN_ONLY), cwd=REPO,
+                       capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+  assert one.returncode == 0, one.stderr[-3000:]
+  # Status lines come from process 0 alone (the launcher prefixes the others' lines; gloo's
+  # own connection messages are not ours).
+  assert "stage gan: done after 2 epochs" in two.stdout
+  assert not [line for line in two.stdout.splitlines()
+              if line.startswith("[1] ") and "[Gloo]" not in line]
+  # Each process read its own half of every global batch: the same parameters as one process
+  # reading the whole batch, to float precision. Read here, in a single process on one device,
+  # from checkpoints written by 2 and by 4 devices.
+  read = lambda workdir: workdir_lib.best_variables(
+      workdir_lib.saved_config(workdir), workdir, ("generator", "discriminator"))
+  for a, b in zip(jax.tree.leaves(read(tmp_path / "one")), jax.tree.leaves(read(tmp_path / "two"))):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_failing_process_stops_the_job():
+  # Process 1 fails at once; process 0 would wait for a minute.
+  command = [sys.executable, "-c", "import os, sys, time; "
+             "sys.exit(3) if os.environ['JAX_PROCESS_ID'] == '1' else time.sleep(60)"]
+  started = time.monotonic()
+  result = subprocess.run([*LAUNCH, "--", *command], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+  assert result.returncode == 3
+  assert result.stderr.strip().splitlines()[-1] == (
+      "error: process 1 of 2 exited with 3; the others were stopped")
+  assert time.monotonic() - started < 30
+
+
+@pytest.mark.slow
+def test_evaluation_in_two_processes_matches_one(tfds_dir, tmp_path):  # noqa: F811
+  workdir = tmp_path / "trained"
+  quick = ["--config.train.num_epochs=1", "--config.train.steps_per_epoch=2"]
+  trained = subprocess.run(train_command(workdir, tfds_dir, *quick), cwd=REPO,
+                           capture_output=True, text=True, timeout=600)
+  assert trained.returncode == 0, trained.stderr[-3000:]
+  evaluate = [sys.executable, str(REPO / "evaluate.py"), "--config",
+              str(REPO / "configs/plfm.py:demo"), "--workdir", str(workdir),
+              f"--config.data.tfds_dir={tfds_dir}", *TINY, *quick, "--config.batch_size=4",
+              "--split", "validation", "--overwrite"]
+  summaries = {}
+  for name, command in (("two", [*LAUNCH, "--", *evaluate]), ("one", evaluate)):
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # The table once, from process 0.
+    assert done.stdout.count("| PLFM fused |") == 1, name
+    out = workdir / "eval" / "validation"
+    summaries[name] = (json.loads((out / "summary.json").read_text()),
+                       (out / "per_sample.csv").read_text().splitlines())
+  (two, two_rows), (one, one_rows) = summaries["two"], summaries["one"]
+  assert two["num_samples"] == one["num_samples"] == 2
+  # The same samples in the same order; the scores to float precision (the devices differ).
+  assert [r.split(",")[:2] for r in two_rows] == [r.split(",")[:2] for r in one_rows]
+  for method, values in one["metrics"].items():
+    for metric, value in values.items():
+      if isinstance(value, str):  # "inf", "nan": spelled out in JSON
+        assert two["metrics"][method][metric] == value, (method, metric)
+      else:
+        np.testing.assert_allclose(two["metrics"][method][metric], value, rtol=1e-4, atol=1e-5,
+                                   err_msg=f"{method} {metric}")

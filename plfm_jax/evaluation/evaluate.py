@@ -200,7 +200,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
     config_notes = workdir_lib.check_model_config(config, workdir)
   else:
     config, config_notes = workdir_lib.with_trained_model(config, weights.config), []
-  for note in config_notes:
+  for note in config_notes if jax.process_index() == 0 else ():
     print(f"note: evaluating with a model setting that differs from training: {note}")
 
   tfds_dir, _ = prepare_dataset(config, workdir)

@@ -15,6 +15,7 @@ import time
 from typing import Iterator
 
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -106,7 +107,8 @@ class StageRunner:
       if name not in steps.STAGES:
         raise ValueError(f"unknown stage {name!r}; stages are {', '.join(steps.STAGES)}")
     if self.validation_split() == "train":
-      print("note: the dataset has no validation split; early stopping watches the training split")
+      _status("note: the dataset has no validation split; early stopping watches the training "
+              "split")
     try:
       for name in self.config.train.stages:
         self.run_stage(steps.STAGES[name])
@@ -140,8 +142,8 @@ class StageRunner:
 
     stopping = EarlyStopping(cfg.patience, progress["best_loss"], progress["bad_epochs"])
     if stopping.stopped or int(state["step"]) >= total_steps:
-      print(f"stage {spec.name}: finished earlier (best validation loss "
-            f"{stopping.best_loss:.5g}); skipping")
+      _status(f"stage {spec.name}: finished earlier (best validation loss "
+              f"{stopping.best_loss:.5g}); skipping")
       ckpts.close()
       return
 
@@ -164,13 +166,13 @@ class StageRunner:
 
     step = int(state["step"])
     if restored is not None:
-      print(f"stage {spec.name}: resuming from step {step} (epoch {progress['epoch']})")
+      _status(f"stage {spec.name}: resuming from step {step} (epoch {progress['epoch']})")
     else:
       # The starting point competes for the best checkpoint too: a residual model starts as
       # its prior and the joint stage as the stage-wise result; training has to beat them.
       stopping.update(validation_loss(step))
       stopping.bad_epochs = 0
-      print(f"stage {spec.name}: validation loss {stopping.best_loss:.5g} before training")
+      _status(f"stage {spec.name}: validation loss {stopping.best_loss:.5g} before training")
       save(step, best=True)
     bar = tqdm(total=total_steps, initial=step, desc=spec.name, unit="step",
                disable=jax.process_index() != 0, dynamic_ncols=True)
@@ -200,8 +202,8 @@ class StageRunner:
           progress["epoch"] = step // steps_per_epoch
           loss = validation_loss(step)
           improved = stopping.update(loss)
-          bar.write(f"stage {spec.name} epoch {progress['epoch']}: validation loss {loss:.5g}"
-                    + (" (best)" if improved else f" ({stopping.bad_epochs} without improvement)"))
+          _status(f"stage {spec.name} epoch {progress['epoch']}: validation loss {loss:.5g}"
+                  + (" (best)" if improved else f" ({stopping.bad_epochs} without improvement)"))
           save(step, best=improved)
           # The next rate measures training only, not validation and its compilation.
           last_log, last_log_step = time.perf_counter(), step
@@ -214,8 +216,8 @@ class StageRunner:
       ckpts.wait()
       ckpts.close()
     reason = "early stopping" if stopping.stopped else "last epoch"
-    print(f"stage {spec.name}: done after {progress['epoch']} epochs ({reason}); best validation "
-          f"loss {stopping.best_loss:.5g}")
+    _status(f"stage {spec.name}: done after {progress['epoch']} epochs ({reason}); best "
+            f"validation loss {stopping.best_loss:.5g}")
 
   def _compile(self, spec: steps.StageSpec, optimizers) -> tuple:
     train_step, per_sample = steps.jit_steps(self.model, spec, self.hyper, optimizers,
@@ -238,8 +240,7 @@ class StageRunner:
         self.iterator(split, train=False), num_samples=self.splits[split],
         global_batch_size=self.config.batch_size, mesh=self.mesh,
         max_batches=cap if cap >= 0 else None):
-      weights = sharding.global_batch({"w": (indices >= 0).astype(np.float32)}, self.mesh)["w"]
-      sums, n = weighted_sums(variables, batch, weights)
+      sums, n = weighted_sums(variables, batch, sharding.valid_rows(indices, self.mesh))
       for k, v in jax.device_get(sums).items():
         totals[k] = totals.get(k, 0.0) + float(v)
       count += float(n)
@@ -268,8 +269,18 @@ class StageRunner:
 _jit_stage_prediction = jax.jit(steps.stage_prediction, static_argnames=("model", "spec"))
 
 
+def _status(message: str) -> None:
+  """A status line, from process 0 only: every process runs the same steps."""
+  if jax.process_index() == 0:
+    tqdm.write(message)
+
+
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
           allow_config_change: bool = False) -> None:
   """Trains every stage in `config.train.stages` into `workdir` (resuming what is there)."""
   sharding.maybe_initialize_distributed()
   StageRunner(config, workdir, allow_config_change=allow_config_change).run()
+  if jax.process_count() > 1:
+    # No process may shut JAX's distributed runtime down while another still writes checkpoints
+    # (orbax waits for every process): that ended runs in a deadlock until a timeout.
+    multihost_utils.sync_global_devices("plfm_training_done")
