@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from plfm_jax import inception
+from plfm_jax import weights as weights_lib
 from plfm_jax import workdir as workdir_lib
 from plfm_jax.data import synthetic
 from plfm_jax.data import tfds_data
@@ -274,3 +275,17 @@ def test_minmax_model_is_scored_in_reflectance_and_in_its_own_normalisation():
   rmse = np.sqrt(np.mean((reflectance["history"][:, -1] - reflectance["target"])**2, axis=(1, 2, 3)))
   method = baselines.METHODS.index("persistence")
   np.testing.assert_allclose(scores["rmse"][:, method], rmse, rtol=1e-4)
+
+
+def test_weights_file_evaluates_like_its_workdir(trained, cli_output, tmp_path):
+  workdir, tfds_dir = trained
+  exported = weights_lib.export(workdir, tmp_path / "model.msgpack", description="test")
+  # The model comes from the weights, whatever the config says of it; the data from the config.
+  cfg = config(tfds_dir, **{"model.head_features": 16, "model.head_output": "image"})
+  summary = evaluation.evaluate(cfg, tmp_path / "out", split="test", weights=exported)
+  assert summary["weights"] == str(exported.path)
+  reference = json.loads((cli_output / "summary.json").read_text())
+  for method in ("plfm_fused", "temporal_branch"):
+    for metric in ("psnr_cloud", "ssim_cloud", "sam"):
+      assert summary["metrics"][method][metric] == pytest.approx(
+          reference["metrics"][method][metric], rel=1e-4), (method, metric)
