@@ -26,15 +26,18 @@ flags.DEFINE_string("weights", None,
                     "unless --workdir is given.")
 flags.DEFINE_string("workdir", None, "Training workdir: use its best checkpoints instead.")
 flags.DEFINE_string("cloudy", None,
-                    "Sentinel-2 R, G, B (uint16, reflectance x 10000) of the cloudy date.",
+                    "Sentinel-2 R, G, B (uint16, reflectance x 10000) of the cloudy date: a "
+                    "3-band GeoTIFF or a folder of per-band ones (<date>.B4.tif, ...).",
                     required=True)
 flags.DEFINE_list("history", None,
-                  "Sentinel-2 R, G, B of the earlier dates, oldest first, comma-separated.",
+                  "Sentinel-2 R, G, B of the earlier dates, oldest first, comma-separated "
+                  "(GeoTIFFs or folders, as --cloudy).",
                   required=True)
 flags.DEFINE_string("sar", None, "Sentinel-1 VV backscatter in dB of the cloudy date.",
                     required=True)
 flags.DEFINE_string("cloud_mask", None,
-                    "QA60 band of the cloudy date; default: brightness/whiteness heuristic.")
+                    "QA60 band of the cloudy date; default: the QA60 file of a --cloudy folder, "
+                    "else a brightness/whiteness heuristic.")
 flags.DEFINE_float("cloud_threshold", cloud_mask.DEFAULT_BRIGHTNESS,
                    "Heuristic: minimum mean R, G, B reflectance of a cloud.")
 flags.DEFINE_string("out", None, "Output GeoTIFF.", required=True)
@@ -76,6 +79,8 @@ def main(argv):
       FLAGS.out, model, overlap=FLAGS.overlap, composite=FLAGS.composite,
       mask_out=FLAGS.mask_out, brightness=FLAGS.cloud_threshold, overwrite=FLAGS.overwrite,
       compression=FLAGS.compression, progress=not FLAGS.quiet)
+  for note in report.notes:
+    print(f"input: {note}")
   if not report.windows:
     print("no pixel is under clouds in the cloud mask: the cloudy date is written unchanged")
   elif report.cloud_fraction == 1:

@@ -255,12 +255,13 @@ def test_bad_inputs_rejected(scenes, tmp_path):
   shifted = write(tmp_path / "shifted.tif", read(small.sar), tags=[
       (c, t, n, (0.0, 0.0, 0.0, 400000.0, 5000040.0, 0.0) if c == 33922 else v, w)
       for c, t, n, v, w in GEO_TAGS])
+  # Without georeference, another grid cannot be reprojected.
+  plain_large = write(tmp_path / "plain_large.tif", read(large.sar), tags=[])
   truncated = tmp_path / "truncated.tif"
   truncated.write_bytes(small.history[0].read_bytes()[:-2000])
   cases = [
-      (scene.SceneInputs(small.cloudy, small.history, large.sar, small.qa60), large.sar, "size"),
-      (scene.SceneInputs(small.cloudy, small.history, shifted, small.qa60), shifted,
-       "geotransform"),
+      (scene.SceneInputs(small.cloudy, small.history, plain_large, small.qa60), plain_large,
+       "size"),
       (scene.SceneInputs(small.cloudy, (truncated, *small.history[1:]), small.sar), truncated,
        "truncated"),
       (scene.SceneInputs(small.cloudy, small.history, small.cloudy), small.cloudy, "band"),
@@ -273,9 +274,13 @@ def test_bad_inputs_rejected(scenes, tmp_path):
       scene.predict_scene(inputs, tmp_path / "out.tif", model, progress=False)
     message = str(info.value)
     assert str(culprit) in message and "\n" not in message
-    if problem in ("size", "geotransform"):
+    if problem == "size":
       assert str(small.cloudy) in message
   assert not (tmp_path / "out.tif").exists()
+  # A georeferenced input on another grid (here shifted by 4 pixels) is reprojected instead.
+  report = scene.predict_scene(scene.SceneInputs(small.cloudy, small.history, shifted, small.qa60),
+                               tmp_path / "out.tif", model, progress=False)
+  assert [note.split(": ", 1)[0] for note in report.notes] == [str(shifted)]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

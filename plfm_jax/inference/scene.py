@@ -18,6 +18,7 @@ import dataclasses
 import os
 import pathlib
 import sys
+import tempfile
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import jax
@@ -32,6 +33,7 @@ from plfm_jax.data.layout import SERIES_LENGTH
 from plfm_jax.data.normalize import (REFLECTANCE_SCALE, S2_NORMALIZATIONS, normalize_s2,
                                      s1_db_to_unit)
 from plfm_jax.errors import InputError
+from plfm_jax.inference import align
 from plfm_jax.inference import cloud_mask as cloud_mask_lib
 from plfm_jax.inference import geotiff
 from plfm_jax.inference import tiling
@@ -70,8 +72,9 @@ class TileModel:
 
 @dataclasses.dataclass(frozen=True)
 class SceneInputs:
-  """The input GeoTIFFs, all on one grid: S2 of the cloudy date, S2 of the earlier dates (oldest
-  first), S1 VV of the cloudy date and, optionally, the cloudy date's QA60 band."""
+  """The inputs: S2 of the cloudy date, S2 of the earlier dates (oldest first), S1 VV of the
+  cloudy date and, optionally, the cloudy date's QA60 band. GeoTIFFs, or for S2 dates folders of
+  per-band GeoTIFFs; inputs on other grids are reprojected onto the cloudy date's (`align`)."""
   cloudy: pathlib.Path
   history: tuple[pathlib.Path, ...]
   sar: pathlib.Path
@@ -86,6 +89,8 @@ class SceneReport:
   width: int
   windows: int
   cloud_fraction: float
+  # What was done to the inputs to bring them onto the cloudy date's grid (`align`).
+  notes: tuple[str, ...] = ()
 
 
 def load_tile_model(workdir: str | os.PathLike, *, batch_size: int = 8,
@@ -264,7 +269,9 @@ def predict_scene(inputs: SceneInputs, out: str | os.PathLike, model: TileModel,
   """De-clouds a scene and writes it as a GeoTIFF.
 
   Args:
-    inputs: the input GeoTIFFs; checked (bands, dtypes, layout, one grid) before any work.
+    inputs: the input GeoTIFFs or date folders; brought onto the cloudy date's grid (`align`,
+      in a temporary folder beside `out`) and checked (bands, dtypes, layout, one grid) before
+      any work.
     out: the output GeoTIFF: uint16 R, G, B reflectance x 10000 with the cloudy input's
       georeference tags and photometric interpretation.
     model: the model and how to feed it.
@@ -302,6 +309,9 @@ def predict_scene(inputs: SceneInputs, out: str | os.PathLike, model: TileModel,
   overlap = model.tile_size // 4 if overlap is None else overlap
 
   with contextlib.ExitStack() as stack:
+    scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix=".plfm_inputs_",
+                                                              dir=out.parent))
+    inputs, notes = align.align_inputs(inputs, pathlib.Path(scratch))
     rasters = _open_inputs(inputs, stack)
     cloudy = rasters["cloudy"]
     height, width = cloudy.height, cloudy.width
@@ -332,7 +342,7 @@ def predict_scene(inputs: SceneInputs, out: str | os.PathLike, model: TileModel,
       geotiff.write_geotiff(mask_out, mask_blocks, height=height, width=width, bands=1,
                             dtype=np.uint8, tags=tags, compression=compression)
   return SceneReport(height=height, width=width, windows=len(grid),
-                     cloud_fraction=cloud_pixels / (height * width))
+                     cloud_fraction=cloud_pixels / (height * width), notes=tuple(notes))
 
 
 def _output_blocks(rasters: Mapping[str, Any], grid: tiling.TileGrid, model: TileModel,
