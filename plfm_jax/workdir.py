@@ -147,15 +147,19 @@ def best_variables(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
     abstract = {name: jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes[name])
                 for name in names}
-    ckpts = StageCheckpoints(workdir, stage)
-    try:
-      restored = ckpts.best_variables(abstract)
-    except ValueError as e:  # orbax: the saved tree does not fit the model's
-      raise InputError(workdir / "checkpoints" / stage,
-                       "the best checkpoint's variables do not fit the configured model; pass "
-                       "the config it was trained with") from e
-    finally:
-      ckpts.close()
+    # Reading never creates checkpoint folders (orbax's managers would, in a background thread
+    # that can outlive a process ending on this error).
+    restored = None
+    if (workdir / "checkpoints" / stage / "best").is_dir():
+      ckpts = StageCheckpoints(workdir, stage)
+      try:
+        restored = ckpts.best_variables(abstract)
+      except ValueError as e:  # orbax: the saved tree does not fit the model's
+        raise InputError(workdir / "checkpoints" / stage,
+                         "the best checkpoint's variables do not fit the configured model; "
+                         "pass the config it was trained with") from e
+      finally:
+        ckpts.close()
     if restored is None:
       raise InputError(workdir / "checkpoints" / stage,
                        f"no best checkpoint of stage {stage!r}, which provides the "
