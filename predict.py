@@ -13,9 +13,11 @@ import time
 
 from absl import app
 from absl import flags
+import jax
 
 from plfm_jax import cli
 from plfm_jax import runtime
+from plfm_jax import sharding
 from plfm_jax import weights as weights_lib
 from plfm_jax.inference import cloud_mask, geotiff, scene
 
@@ -62,6 +64,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   runtime.configure(FLAGS.debug)
   start = time.perf_counter()
+  sharding.maybe_initialize_distributed()
   if FLAGS.workdir is not None and FLAGS.weights is not None:
     raise app.UsageError("give --weights or --workdir, not both")
   if FLAGS.workdir is not None:
@@ -79,6 +82,8 @@ def main(argv):
       FLAGS.out, model, overlap=FLAGS.overlap, composite=FLAGS.composite,
       mask_out=FLAGS.mask_out, brightness=FLAGS.cloud_threshold, overwrite=FLAGS.overwrite,
       compression=FLAGS.compression, progress=not FLAGS.quiet)
+  if jax.process_index() != 0:
+    return
   for note in report.notes:
     print(f"input: {note}")
   if not report.windows:

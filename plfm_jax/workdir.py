@@ -135,7 +135,7 @@ def best_variables(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
   """
   workdir = pathlib.Path(workdir)
   model = model or PLFM.from_config(config.model)
-  sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   shapes = jax.eval_shape(functools.partial(model.init, image_size=config.data.crop_size,
                                             series_length=SERIES_LENGTH),
                           jax.random.key(0))

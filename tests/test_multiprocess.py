@@ -14,8 +14,11 @@ import time
 import jax
 import numpy as np
 import pytest
+import tifffile
 
 from plfm_jax import workdir as workdir_lib
+from test_inference_scene import assert_same_georeference
+from test_inference_scene import scenes, workdir  # noqa: F401  (fixtures, used by name)
 from test_trainer import TINY, train_command
 from test_trainer import tfds_dir  # noqa: F401  (a fixture, used by name)
 
@@ -138,3 +141,27 @@ def test_evaluation_in_two_processes_matches_one(tfds_dir, tmp_path):  # noqa: F
       else:
         np.testing.assert_allclose(two["metrics"][method][metric], value, rtol=1e-4, atol=1e-5,
                                    err_msg=f"{method} {metric}")
+
+
+@pytest.mark.slow
+def test_predict_in_two_processes_writes_the_scene_of_one(scenes, workdir, tmp_path):  # noqa: F811
+  inputs = scenes["small"]["inputs"]
+  args = ["--workdir", str(workdir), "--cloudy", str(inputs.cloudy), "--history",
+          ",".join(map(str, inputs.history)), "--sar", str(inputs.sar), "--cloud_mask",
+          str(inputs.qa60), "--quiet", "--batch_size=4"]
+  predict = [sys.executable, str(REPO / "predict.py"), *args]
+  two = subprocess.run([*LAUNCH, "--devices_per_process=1", "--", *predict, "--out",
+                        str(tmp_path / "two.tif")], cwd=REPO, capture_output=True, text=True,
+                       timeout=600)
+  assert two.returncode == 0, two.stderr[-3000:]
+  # One process with as many devices: the same windows on each device, so the same numbers.
+  one = subprocess.run([*predict, "--out", str(tmp_path / "one.tif")], cwd=REPO,
+                       capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+  assert one.returncode == 0, one.stderr[-3000:]
+  # Written once, by process 0; the same pixels and georeference as one process writes.
+  assert two.stdout.count("wrote ") == 1
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["one.tif", "two.tif"]
+  np.testing.assert_array_equal(tifffile.imread(tmp_path / "two.tif"),
+                                tifffile.imread(tmp_path / "one.tif"))
+  assert_same_georeference(tmp_path / "one.tif", tmp_path / "two.tif")

@@ -22,6 +22,7 @@ import tempfile
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import tqdm
@@ -111,18 +112,24 @@ def tile_model(config: ml_collections.ConfigDict, variables: Mapping[str, Any], 
   `devices`: windows of the training crop size, its normalisation.
 
   `batch_size` is rounded up to a multiple of the device count; variables are replicated on
-  every device. One process only (a multi-host run would need each process's slice).
+  every device. Over several processes, each computes its own rows of every batch (every
+  process calls with the same whole batch) and all of them receive the whole prediction.
   """
   model = PLFM.from_config(config.model)
   mesh = sharding.make_mesh(devices)
-  variables = jax.device_put(variables, sharding.replicated(mesh))
+  # From host memory: the same values in every process make one replicated global array.
+  variables = jax.device_put(jax.tree.map(np.asarray, variables), sharding.replicated(mesh))
 
   @jax.jit
   def fused(variables: dict, batch: dict) -> jax.Array:
     return model.predict(variables, batch)["fused"]
 
-  def predict_tiles(batch: Mapping[str, np.ndarray]) -> jax.Array:
-    return fused(variables, sharding.global_batch(batch, mesh))
+  def predict_tiles(batch: Mapping[str, np.ndarray]) -> np.ndarray:
+    rows = len(next(iter(batch.values()))) // jax.process_count()
+    mine = slice(jax.process_index() * rows, (jax.process_index() + 1) * rows)
+    prediction = fused(variables, sharding.global_batch(
+        {k: v[mine] for k, v in batch.items()}, mesh))
+    return multihost_utils.process_allgather(prediction, tiled=True)
 
   return TileModel(predict_tiles=predict_tiles, tile_size=int(config.data.crop_size),
                    normalization=config.data.s2_normalization,
@@ -280,7 +287,7 @@ def predict_scene(inputs: SceneInputs, out: str | os.PathLike, model: TileModel,
     composite: keep the cloudy input's clear pixels exactly and take the prediction only under
       clouds (a date without clouds is then written unchanged, without running the model);
       False writes the prediction everywhere. Pixels at the cloudy input's nodata value stay
-      nodata either way.
+      nodata either way. Over several processes only process 0 writes outputs.
     mask_out: also write the cloud mask used (uint8, 1 = restored) here, on the same grid.
     brightness: threshold of the cloud heuristic, used when `inputs.qa60` is None.
     overwrite: replace existing output files.
@@ -307,6 +314,8 @@ def predict_scene(inputs: SceneInputs, out: str | os.PathLike, model: TileModel,
   if mask_out is not None and mask_out.absolute() == out.absolute():
     raise InputError(mask_out, "is also the output image; choose another path for the mask")
   overlap = model.tile_size // 4 if overlap is None else overlap
+  # Over several processes (`tile_model`), every one runs the windows; process 0 writes.
+  writer = jax.process_index() == 0
 
   with contextlib.ExitStack() as stack:
     scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix=".plfm_inputs_",
@@ -329,11 +338,17 @@ def predict_scene(inputs: SceneInputs, out: str | os.PathLike, model: TileModel,
       grid = ()
     else:
       grid = tiling.TileGrid(height, width, model.tile_size, overlap)
-      blocks = _output_blocks(rasters, grid, model, composite, brightness, stack, progress)
-    geotiff.write_geotiff(out, blocks, height=height, width=width, bands=3, dtype=np.uint16,
-                          tags=cloudy.tags, photometric=cloudy.photometric,
-                          compression=compression)
-    if mask_out is not None:
+      blocks = _output_blocks(rasters, grid, model, composite, brightness, stack,
+                              progress and writer)
+    if not writer:
+      # Another process writes; this one computes its share of every batch of windows.
+      for _ in blocks:
+        pass
+    else:
+      geotiff.write_geotiff(out, blocks, height=height, width=width, bands=3, dtype=np.uint16,
+                            tags=cloudy.tags, photometric=cloudy.photometric,
+                            compression=compression)
+    if mask_out is not None and writer:
       mask_blocks = ((first, _mask_rows(rasters, first, first + len(rows), rows, brightness)
                       .astype(np.uint8)[..., None])
                      for first, rows in cloudy.row_bands(geotiff.OUTPUT_TILE))
