@@ -27,8 +27,9 @@ from absl import flags
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("processes", 2, "Processes to start.", lower_bound=1)
 flags.DEFINE_integer("devices_per_process", 2, "CPU devices of each process.", lower_bound=1)
-# How long the others may run on after one process failed, before they are stopped.
-GRACE_SECONDS = 10.0
+# How long the others may run on after one process failed, and then after SIGTERM, before
+# they are stopped and then killed.
+GRACE_SECONDS = 5.0
 
 
 def free_port() -> int:
@@ -49,6 +50,21 @@ def _relay(stream, prefix: str, out) -> None:
   for line in stream:
     out.write(prefix + line)
     out.flush()
+
+
+def _stop(children: list[subprocess.Popen]) -> None:
+  """Ends the children still running: SIGTERM, then SIGKILL for those that outlive
+  GRACE_SECONDS (JAX's distributed runtime takes SIGTERM as a preemption notice, not an end)."""
+  for child in children:
+    if child.poll() is None:
+      os.killpg(child.pid, signal.SIGTERM)
+  deadline = time.monotonic() + GRACE_SECONDS
+  for child in children:
+    try:
+      child.wait(timeout=max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+      os.killpg(child.pid, signal.SIGKILL)
+      child.wait()
 
 
 def launch(command: list[str], processes: int, devices: int) -> int:
@@ -76,11 +92,7 @@ def launch(command: list[str], processes: int, devices: int) -> int:
         break
       time.sleep(0.1)
   finally:
-    for child in children:
-      if child.poll() is None:
-        os.killpg(child.pid, signal.SIGTERM)
-    for child in children:
-      child.wait()
+    _stop(children)
     for relay in relays:
       relay.join()
   failed = failed or next((c for c in children if c.returncode != 0), None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
@@ -71,13 +72,32 @@ def test_explicit_launch_needs_every_variable(monkeypatch):
     sharding.maybe_initialize_distributed()
 
 
+def _job(workdir: pathlib.Path, tfds_dir: pathlib.Path) -> list[str]:
+  """train.py's GAN stage as a job of 2 processes of 2 devices."""
+  return [*LAUNCH, "--processes=2", "--devices_per_process=2", "--",
+          *train_command(workdir, tfds_dir, *GAN_ONLY)]
+
+
+@pytest.fixture(scope="module")
+def two_processes(tfds_dir, tmp_path_factory):  # noqa: F811
+  """(workdir, completed process) of an uninterrupted 2-process job."""
+  workdir = tmp_path_factory.mktemp("two_processes") / "work"
+  done = subprocess.run(_job(workdir, tfds_dir), cwd=REPO, capture_output=True, text=True,
+                        timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  return workdir, done
+
+
+def _gan_variables(workdir: pathlib.Path):
+  return workdir_lib.best_variables(workdir_lib.saved_config(workdir), workdir,
+                                    ("generator", "discriminator"))
+
+
 @pytest.mark.slow
-def test_two_processes_train_like_one_and_only_process_0_reports(tfds_dir,  # noqa: F811
+def test_two_processes_train_like_one_and_only_process_0_reports(two_processes,
+                                                                   tfds_dir,  # noqa: F811
                                                                    tmp_path):
-  two = subprocess.run([*LAUNCH, "--processes=2", "--devices_per_process=2", "--",
-                        *train_command(tmp_path / "two", tfds_dir, *GAN_ONLY)],
-                       cwd=REPO, capture_output=True, text=True, timeout=600)
-  assert two.returncode == 0, two.stderr[-3000:]
+  workdir, two = two_processes
   one = subprocess.run(train_command(tmp_path / "one", tfds_dir, *GAN_ONLY), cwd=REPO,
                        capture_output=True, text=True, timeout=600,
                        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
@@ -90,9 +110,8 @@ def test_two_processes_train_like_one_and_only_process_0_reports(tfds_dir,  # no
   # Each process read its own half of every global batch: the same parameters as one process
   # reading the whole batch, to float precision. Read here, in a single process on one device,
   # from checkpoints written by 2 and by 4 devices.
-  read = lambda workdir: workdir_lib.best_variables(
-      workdir_lib.saved_config(workdir), workdir, ("generator", "discriminator"))
-  for a, b in zip(jax.tree.leaves(read(tmp_path / "one")), jax.tree.leaves(read(tmp_path / "two"))):
+  for a, b in zip(jax.tree.leaves(_gan_variables(tmp_path / "one")),
+                  jax.tree.leaves(_gan_variables(workdir))):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
@@ -165,3 +184,46 @@ def test_predict_in_two_processes_writes_the_scene_of_one(scenes, workdir, tmp_p
   np.testing.assert_array_equal(tifffile.imread(tmp_path / "two.tif"),
                                 tifffile.imread(tmp_path / "one.tif"))
   assert_same_georeference(tmp_path / "one.tif", tmp_path / "two.tif")
+
+
+def _job_process(workdir: pathlib.Path, process_id: int) -> int | None:
+  """The pid of process `process_id` of a train.py job writing to `workdir`, if it runs."""
+  for proc in pathlib.Path("/proc").iterdir():
+    try:
+      cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+      environ = (proc / "environ").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+      continue
+    if (str(workdir).encode() in cmdline and any(a.endswith(b"train.py") for a in cmdline)
+        and f"JAX_PROCESS_ID={process_id}".encode() in environ):
+      return int(proc.name)
+  return None
+
+
+@pytest.mark.slow
+def test_killed_process_and_restarted_job_resume_to_the_same_parameters(two_processes,
+                                                                          tfds_dir,  # noqa: F811
+                                                                          tmp_path):
+  workdir = tmp_path / "killed"
+  launcher = subprocess.Popen(_job(workdir, tfds_dir), cwd=REPO, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+  # Process 1 alone is killed once the stage has a checkpoint: the launcher stops process 0.
+  last = workdir / "checkpoints" / "gan" / "last"
+  deadline = time.monotonic() + 300
+  while not (last.is_dir() and any(p.name.isdigit() for p in last.iterdir())):
+    assert launcher.poll() is None and time.monotonic() < deadline, "no checkpoint appeared"
+    time.sleep(0.05)
+  pid = _job_process(workdir, 1)
+  assert pid is not None
+  os.kill(pid, signal.SIGKILL)
+  _, err = launcher.communicate(timeout=120)
+  assert launcher.returncode != 0
+  assert "error: process 1 of 2 exited with -9; the others were stopped" in err
+
+  again = subprocess.run(_job(workdir, tfds_dir), cwd=REPO, capture_output=True, text=True,
+                         timeout=600)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "stage gan: resuming from step" in again.stdout
+  for a, b in zip(jax.tree.leaves(_gan_variables(two_processes[0])),
+                  jax.tree.leaves(_gan_variables(workdir))):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
