@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
 
+from plfm_jax import workdir as workdir_lib
 from plfm_jax.data.layout import SERIES_LENGTH
 from plfm_jax.models.plfm import PLFM, count_variables
 
@@ -39,10 +40,7 @@ def component_inputs(config: Any, model: PLFM) -> dict[str, tuple[jax.ShapeDtype
 def summarize(config: Any) -> list[dict[str, Any]]:
   """One row per component: name, params, batch_stats, total, output shape, forward GFLOPs."""
   model = PLFM.from_config(config.model)
-  variables = jax.eval_shape(
-      functools.partial(model.init, image_size=config.data.crop_size,
-                        series_length=SERIES_LENGTH),
-      jax.random.key(0))
+  variables = workdir_lib.variable_shapes(config, model)
   rows = []
   for name, inputs in component_inputs(config, model).items():
     module = getattr(model, name)

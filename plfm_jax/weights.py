@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import functools
 import hashlib
 import importlib.resources
 import json
@@ -32,9 +31,8 @@ import numpy as np
 
 import plfm_jax
 from plfm_jax import workdir as workdir_lib
-from plfm_jax.data.layout import SERIES_LENGTH
 from plfm_jax.errors import InputError
-from plfm_jax.models.plfm import INFERENCE_COMPONENTS, PLFM
+from plfm_jax.models.plfm import INFERENCE_COMPONENTS
 
 FORMAT = "plfm-jax weights 1"
 SUFFIX = ".msgpack"
@@ -49,10 +47,6 @@ class Weights:
   config: ml_collections.ConfigDict
   variables: dict[str, Any]
   metadata: dict[str, Any]
-
-  @property
-  def model(self) -> PLFM:
-    return PLFM.from_config(self.config.model)
 
 
 def shipped_path(name: str) -> pathlib.Path:
@@ -128,9 +122,7 @@ def load(name_or_path: str | os.PathLike) -> Weights:
 def _check_fits(path: pathlib.Path, config: ml_collections.ConfigDict,
                 variables: dict[str, Any]) -> None:
   """Raises unless `variables` have exactly the tree, shapes and dtypes of `config`'s model."""
-  model = PLFM.from_config(config.model)
-  expected = jax.eval_shape(functools.partial(model.init, image_size=config.data.crop_size,
-                                              series_length=SERIES_LENGTH), jax.random.key(0))
+  expected = workdir_lib.variable_shapes(config)
   expected = {name: expected[name] for name in INFERENCE_COMPONENTS}
   found = jax.tree_util.tree_flatten_with_path(variables)[0]
   wanted = jax.tree_util.tree_flatten_with_path(expected)[0]

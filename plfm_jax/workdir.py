@@ -121,6 +121,14 @@ def saved_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(found[1])
 
 
+def variable_shapes(config: ml_collections.ConfigDict,
+                    model: PLFM | None = None) -> dict[str, Any]:
+  """{component: variables as ShapeDtypeStructs} of `config`'s model; nothing is initialised."""
+  model = model or PLFM.from_config(config.model)
+  return jax.eval_shape(functools.partial(model.init, image_size=config.data.crop_size,
+                                          series_length=SERIES_LENGTH), jax.random.key(0))
+
+
 def best_variables(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
                    components: Iterable[str], *, model: PLFM | None = None,
                    sharding: jax.sharding.Sharding | None = None) -> dict[str, dict]:
@@ -136,9 +144,7 @@ def best_variables(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
   workdir = pathlib.Path(workdir)
   model = model or PLFM.from_config(config.model)
   sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  shapes = jax.eval_shape(functools.partial(model.init, image_size=config.data.crop_size,
-                                            series_length=SERIES_LENGTH),
-                          jax.random.key(0))
+  shapes = variable_shapes(config, model)
   by_stage: dict[str, list[str]] = {}
   for component in components:
     by_stage.setdefault(COMPONENT_STAGE[component], []).append(component)

@@ -76,8 +76,9 @@ def example_panel(exported: weights.Weights, validation_root: pathlib.Path,
   rng = np.random.default_rng(0)
   columns = {"cloudy (simulated clouds)": [], "latest earlier date": [], "restored": [],
              "truth": []}
+  held_out = layout.scan_dataset(validation_root).all_series()
   for zone in ZONES:
-    series = next(s for s in layout.scan_dataset(validation_root).all_series() if s.zone == zone)
+    series = next(s for s in held_out if s.zone == zone)
     folder = scratch / zone
     folder.mkdir(parents=True, exist_ok=True)
     truth = tifffile.imread(series.rgb[-1])

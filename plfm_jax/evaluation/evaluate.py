@@ -216,7 +216,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
     variables = workdir_lib.best_variables(config, workdir, INFERENCE_COMPONENTS, model=model,
                                            sharding=sharding.replicated(mesh))
   else:
-    variables = jax.device_put(weights.variables, sharding.replicated(mesh))
+    variables = sharding.replicate(weights.variables, mesh)
 
   step = _make_step(model, config.data.s2_normalization)
   results = _Results(num_samples, num_panels, keep_images=fid_weights is not None)

@@ -87,7 +87,7 @@ def _reproject(src, out: pathlib.Path, grid, resampling: warp.Resampling) -> Non
   # Pixels whose value comes from the source: 1 reprojected the same way, 0 outside.
   covered = np.zeros((height, width), np.float32)
   warp.reproject(source, destination, src_transform=src.transform, src_crs=src.crs,
-                 src_nodata=nodata if not floating else np.nan, dst_transform=transform,
+                 src_nodata=nodata, dst_transform=transform,
                  dst_crs=crs, dst_nodata=nodata, resampling=resampling)
   warp.reproject(np.ones(src.shape, np.float32), covered, src_transform=src.transform,
                  src_crs=src.crs, dst_transform=transform, dst_crs=crs, dst_nodata=0,

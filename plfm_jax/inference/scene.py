@@ -117,7 +117,8 @@ def tile_model(config: ml_collections.ConfigDict, variables: Mapping[str, Any], 
   """
   model = PLFM.from_config(config.model)
   mesh = sharding.make_mesh(devices)
-  # From host memory: the same values in every process make one replicated global array.
+  # Through host memory, not `sharding.replicate`: restored variables sit on this process's
+  # device, and a mesh over several processes takes no cross-host copy from there.
   variables = jax.device_put(jax.tree.map(np.asarray, variables), sharding.replicated(mesh))
 
   @jax.jit
