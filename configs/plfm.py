@@ -87,7 +87,8 @@ def model_config() -> ml_collections.ConfigDict:
       # The temporal branch's prior: "none" (reference: the branch outputs the image itself) or a
       # gap-filling method it corrects (plfm_jax/models/gapfill.py: "persistence",
       # "temporal_mean", "temporal_median", "matched_persistence", "matched_mean",
-      # "matched_regression"); its last layer starts at zero, so before training it is the prior.
+      # "matched_regression", "matched_multiscale"); its last layer starts at zero, so before
+      # training it is the prior.
       temporal_prior="none",
       # Feed the temporal branch the earlier dates matched band by band (gain and offset) to the
       # cloudy date's clear pixels, instead of as they are.
@@ -167,7 +168,7 @@ def train_config() -> ml_collections.ConfigDict:
 def plus(config: ml_collections.ConfigDict) -> None:
   """Beyond the paper: the settings that won on validation data (docs/results.md)."""
   config.data.s2_normalization = "reflectance"
-  config.model.temporal_prior = "matched_regression"
+  config.model.temporal_prior = "matched_multiscale"
   config.model.match_history = True
   config.model.head_inputs = "branches+cloudy"
   config.model.head_output = "affine"

@@ -120,7 +120,7 @@ def machine() -> dict[str, str]:
 GAP_FILLING = ("persistence", "temporal_mean", "temporal_median", "matched_persistence",
                "matched_mean")
 # Stronger references reported beside them: the prior of `plus` and the model's own branches.
-REFERENCES = ("matched_regression", "temporal_branch", "sar_branch")
+REFERENCES = ("matched_regression", "matched_multiscale", "temporal_branch", "sar_branch")
 
 
 def shortfalls(means: Mapping[str, Mapping[str, float]], method: str, metric: str,

@@ -48,7 +48,7 @@ def test_method_images_in_report_order():
   assert tuple(images) == baselines.METHODS
   assert set(baselines.LABELS) == set(baselines.METHODS)
   # The matched baselines are the gap-filling methods of the model's priors.
-  for name in ("matched_persistence", "matched_mean", "matched_regression"):
+  for name in ("matched_persistence", "matched_mean", "matched_regression", "matched_multiscale"):
     np.testing.assert_array_equal(images[name], gapfill.METHODS[name](
         batch["history"], batch["cloudy"], batch["cloud_mask"]))
   np.testing.assert_array_equal(images["cloudy_input"], batch["cloudy"])

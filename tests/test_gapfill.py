@@ -12,13 +12,14 @@ from plfm_jax.models import gapfill
 SIZE = 12
 
 
-def series(seed: int = 0, batch: int = 2, dates: int = 3) -> dict[str, np.ndarray]:
+def series(seed: int = 0, batch: int = 2, dates: int = 3,
+           size: int = SIZE) -> dict[str, np.ndarray]:
   """Earlier dates, a cloudy date that is a noisy linear function of them, a cloud mask."""
   rng = np.random.default_rng(seed)
-  history = rng.uniform(0.02, 0.3, (batch, dates, SIZE, SIZE, 3)).astype(np.float32)
+  history = rng.uniform(0.02, 0.3, (batch, dates, size, size, 3)).astype(np.float32)
   cloudy = (0.8 * history[:, -1] + 0.3 * history[:, 0] + 0.05
-            + rng.normal(0, 0.01, (batch, SIZE, SIZE, 3))).astype(np.float32)
-  mask = (rng.uniform(size=(batch, SIZE, SIZE, 1)) < 0.4).astype(np.float32)
+            + rng.normal(0, 0.01, (batch, size, size, 3))).astype(np.float32)
+  mask = (rng.uniform(size=(batch, size, size, 1)) < 0.4).astype(np.float32)
   cloudy = np.where(mask > 0, 0.9, cloudy).astype(np.float32)  # Opaque clouds.
   return {"history": history, "cloudy": cloudy, "cloud_mask": mask}
 
@@ -63,10 +64,71 @@ def test_matched_regression_equals_numpy_least_squares():
   assert np.abs(out - data["cloudy"])[np.broadcast_to(data["cloud_mask"] == 0, out.shape)].max() < 0.05
 
 
+def numpy_box_mean(image: np.ndarray, radius: int) -> np.ndarray:
+  """(H, W, C) mean over each pixel's window, cut at the image border, by loops."""
+  h, w = image.shape[:2]
+  out = np.empty_like(image, dtype=np.float64)
+  for i in range(h):
+    for j in range(w):
+      out[i, j] = image[max(i - radius, 0):i + radius + 1, max(j - radius, 0):j + radius + 1].mean(
+          axis=(0, 1))
+  return out
+
+
+def test_box_mean_and_frequency_bands_against_numpy():
+  rng = np.random.default_rng(7)
+  images = rng.uniform(size=(2, 9, 11, 3)).astype(np.float32)
+  for radius in (1, 4, 16):
+    np.testing.assert_allclose(gapfill.box_mean(images, radius)[1],
+                               numpy_box_mean(images[1], radius), atol=1e-6)
+  bands = np.asarray(gapfill.frequency_bands(images, (1, 4)))
+  assert bands.shape == (2, 9, 11, 9)
+  # The bands add up to the image; the coarsest is the widest box mean.
+  np.testing.assert_allclose(bands.reshape(2, 9, 11, 3, 3).sum(axis=3), images, atol=1e-6)
+  np.testing.assert_allclose(bands[0, ..., 6:], numpy_box_mean(images[0], 4), atol=1e-6)
+
+
+def test_matched_multiscale_equals_numpy_least_squares():
+  data = series(8, size=24)
+  out = np.asarray(gapfill.matched_multiscale(data["history"], data["cloudy"],
+                                              data["cloud_mask"]))
+  for i in range(2):
+    clear = (data["cloud_mask"][i, ..., 0] == 0).ravel()
+    dates = np.concatenate(list(data["history"][i]), axis=-1).astype(np.float64)
+    levels, finer = [], dates
+    for radius in gapfill.MULTISCALE_RADII:
+      coarser = numpy_box_mean(dates, radius)
+      levels.append(finer - coarser)
+      finer = coarser
+    design = np.concatenate([*levels, finer, np.ones((24, 24, 1))], -1).reshape(24 * 24, -1)
+    assert design.shape[1] == 3 * 3 * (len(gapfill.MULTISCALE_RADII) + 1) + 1
+    coefficients, *_ = np.linalg.lstsq(design[clear], data["cloudy"][i].reshape(-1, 3)[clear],
+                                       rcond=None)
+    expected = np.clip(design @ coefficients, 0, 1).reshape(24, 24, 3)
+    np.testing.assert_allclose(out[i], expected, atol=1e-4)
+
+
+def test_matched_multiscale_restores_a_date_whose_scales_changed_apart():
+  # Fine detail from the latest date, broad brightness from the oldest: one gain per band and
+  # date (matched_regression) cannot reproduce that under the clouds; a gain per scale can.
+  data = series(9, size=32)
+  history = data["history"]
+  fine = history[:, -1] - gapfill.box_mean(history[:, -1], gapfill.MULTISCALE_RADII[0])
+  coarse = gapfill.box_mean(history[:, 0], gapfill.MULTISCALE_RADII[0])
+  truth = np.asarray(0.1 + 0.6 * fine + 0.5 * coarse, np.float32)  # In (0, 1): no clipping.
+  mask = data["cloud_mask"]
+  cloudy = np.where(mask > 0, 0.9, truth).astype(np.float32)
+  under = np.broadcast_to(mask > 0, truth.shape)
+  error = lambda method: np.abs(np.asarray(method(history, cloudy, mask)) - truth)[under].max()
+  assert error(gapfill.matched_multiscale) < 1e-3
+  assert error(gapfill.matched_regression) > 1e-2
+
+
 def test_fits_ignore_cloud_pixels():
-  data = series(2)
+  data = series(2, size=24)
   brighter = {**data, "cloudy": np.where(data["cloud_mask"] > 0, 0.1, data["cloudy"])}
-  for method in ("matched_persistence", "matched_mean", "matched_regression"):
+  for method in ("matched_persistence", "matched_mean", "matched_regression",
+                 "matched_multiscale"):
     fn = gapfill.METHODS[method]
     np.testing.assert_allclose(fn(data["history"], data["cloudy"], data["cloud_mask"]),
                                fn(brighter["history"], brighter["cloudy"],
@@ -82,6 +144,11 @@ def test_too_few_clear_pixels_fall_back_to_the_unmatched_image():
   np.testing.assert_allclose(
       gapfill.matched_regression(history, data["cloudy"], cloudy_all), history.mean(axis=1),
       atol=1e-7)
+  # 144 pixels, 40% under clouds: enough for matched_regression's 10 coefficients per band, too
+  # few for matched_multiscale's 37.
+  np.testing.assert_array_equal(
+      gapfill.matched_multiscale(history, data["cloudy"], data["cloud_mask"]),
+      gapfill.matched_regression(history, data["cloudy"], data["cloud_mask"]))
   # One clear pixel is too few for a gain and an offset.
   one_clear = cloudy_all.copy()
   one_clear[:, 0, 0] = 0
@@ -119,7 +186,7 @@ def test_match_history_matches_every_date_and_jits_with_gradients():
     np.testing.assert_allclose(
         matched[:, t], gapfill.match_bands(data["history"][:, t], data["cloudy"],
                                            data["cloud_mask"]), atol=1e-6)
-  grad = jax.grad(lambda h: jnp.sum(gapfill.matched_regression(h, data["cloudy"],
-                                                               data["cloud_mask"])))(
-      jnp.asarray(data["history"]))
-  assert np.all(np.isfinite(grad)) and np.any(grad != 0)
+  for method in (gapfill.matched_regression, gapfill.matched_multiscale):
+    grad = jax.grad(lambda h: jnp.sum(method(h, data["cloudy"], data["cloud_mask"])))(
+        jnp.asarray(data["history"]))
+    assert np.all(np.isfinite(grad)) and np.any(grad != 0), method.__name__

@@ -50,6 +50,7 @@ LABELS = {
     "matched_persistence": "matched persistence",
     "matched_mean": "matched temporal mean",
     "matched_regression": "matched regression (all earlier dates)",
+    "matched_multiscale": "matched multi-scale regression",
     "sar_branch": "SAR branch alone",
     "temporal_branch": "temporal branch alone",
     "plfm_fused": "PLFM fused",

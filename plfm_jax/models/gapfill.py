@@ -9,8 +9,11 @@ The matched methods fit a linear map from the earlier dates to the cloudy date b
 squares over the cloudy date's clear pixels (the classic gap-filling idea: the clear pixels carry
 the date's illumination, atmosphere and season) and apply it everywhere. Per band (gain and
 offset of one image) for `matched_persistence` and `matched_mean`; jointly over every band of
-every earlier date for `matched_regression`. Where too few pixels are clear for a fit, the
-unmatched image is used.
+every earlier date for `matched_regression`; and for `matched_multiscale` over every band of
+every earlier date split into spatial frequency bands, so that each scale gets its own gains: the
+field pattern and the large-area brightness of a season change in different ways (a date's fine
+structure may carry over while its broad brightness does not), and one gain per band would have to
+compromise between them. Where too few pixels are clear for a fit, the unmatched image is used.
 """
 
 from __future__ import annotations
@@ -27,6 +30,10 @@ MIN_CLEAR_PER_COEFFICIENT = 8
 # Ridge on the features' covariance, relative to its mean diagonal: keeps the solve finite for
 # constant or collinear features while changing a well-posed fit by about this fraction.
 _RIDGE = 1e-6
+# Radii in pixels (windows of 3, 9 and 33 px) of the box filters that split each earlier date into
+# frequency bands for `matched_multiscale`: a ratio of 4 between scales, chosen on validation
+# patches among pyramids of one to five levels (docs/results.md).
+MULTISCALE_RADII = (1, 4, 16)
 
 
 def linear_fit(x: jax.Array, y: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -118,6 +125,28 @@ def matched_mean(history: jax.Array, cloudy: jax.Array, cloud_mask: jax.Array) -
   return match_bands(temporal_mean(history, cloudy, cloud_mask), cloudy, cloud_mask)
 
 
+def _regressed(features: jax.Array, cloudy: jax.Array, cloud_mask: jax.Array,
+               fallback: jax.Array) -> jax.Array:
+  """Each band of `cloudy` as a linear function of (B, H, W, F) `features`, fitted on the clear
+  pixels and applied everywhere; `fallback` where fewer than MIN_CLEAR_PER_COEFFICIENT pixels per
+  coefficient are clear. Clipped to [0, 1]."""
+  b, h, w, f = features.shape
+  c = cloudy.shape[-1]
+  features = features.reshape(b, h * w, f)
+  weights = _clear_weights(cloud_mask)
+  gain, offset = linear_fit(features, jnp.asarray(cloudy, jnp.float32).reshape(b, h * w, c),
+                            weights)
+  fitted = (jnp.einsum("bnf,bfc->bnc", features, gain) + offset[:, None]).reshape(b, h, w, c)
+  reliable = weights.sum(axis=1) >= MIN_CLEAR_PER_COEFFICIENT * (f + 1)
+  return jnp.clip(jnp.where(reliable[:, None, None, None], fitted, fallback), 0.0, 1.0)
+
+
+def _dates_as_bands(history: jax.Array) -> jax.Array:
+  """(B, T, H, W, C) -> (B, H, W, T * C): every band of every date side by side."""
+  b, t, h, w, c = history.shape
+  return jnp.moveaxis(history, 1, 3).reshape(b, h, w, t * c)
+
+
 def matched_regression(history: jax.Array, cloudy: jax.Array,
                        cloud_mask: jax.Array) -> jax.Array:
   """Each band of the cloudy date as a linear function of every band of every earlier date.
@@ -126,15 +155,46 @@ def matched_regression(history: jax.Array, cloudy: jax.Array,
   where too few pixels are clear for that many coefficients. Clipped to [0, 1].
   """
   history = jnp.asarray(history, jnp.float32)
-  b, t, h, w, c = history.shape
-  features = jnp.moveaxis(history, 1, 3).reshape(b, h * w, t * c)
-  weights = _clear_weights(cloud_mask)
-  gain, offset = linear_fit(features, jnp.asarray(cloudy, jnp.float32).reshape(b, h * w, c),
-                            weights)
-  fitted = (jnp.einsum("bnf,bfc->bnc", features, gain) + offset[:, None]).reshape(b, h, w, c)
-  reliable = weights.sum(axis=1) >= MIN_CLEAR_PER_COEFFICIENT * (t * c + 1)
-  fallback = temporal_mean(history, cloudy, cloud_mask)
-  return jnp.clip(jnp.where(reliable[:, None, None, None], fitted, fallback), 0.0, 1.0)
+  return _regressed(_dates_as_bands(history), cloudy, cloud_mask,
+                    temporal_mean(history, cloudy, cloud_mask))
+
+
+def box_mean(images: jax.Array, radius: int) -> jax.Array:
+  """Mean over the (2 radius + 1)^2 window around each pixel of (N, H, W, C) images; windows
+  reaching over the border average the pixels inside the image (separable, any image size)."""
+  window, none, pad = 2 * radius + 1, (0, 0), (radius, radius)
+  def window_sum(x):
+    x = jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, window, 1, 1), (1, 1, 1, 1),
+                              (none, pad, none, none))
+    return jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, 1, window, 1), (1, 1, 1, 1),
+                                 (none, none, pad, none))
+  counts = window_sum(jnp.ones((1, *images.shape[1:3], 1), images.dtype))
+  return window_sum(images) / counts
+
+
+def frequency_bands(images: jax.Array, radii: tuple[int, ...] = MULTISCALE_RADII) -> jax.Array:
+  """(N, H, W, C) images split into len(radii) + 1 bands that sum to them, finest first:
+  image - box(r0), box(r0) - box(r1), ..., box(r_last); (N, H, W, C * (len(radii) + 1))."""
+  bands, finer = [], images
+  for radius in radii:
+    coarser = box_mean(images, radius)
+    bands.append(finer - coarser)
+    finer = coarser
+  return jnp.concatenate([*bands, finer], axis=-1)
+
+
+def matched_multiscale(history: jax.Array, cloudy: jax.Array,
+                       cloud_mask: jax.Array) -> jax.Array:
+  """`matched_regression` with every earlier date split into frequency bands (`frequency_bands`):
+  each band of the cloudy date as a linear function of every band of every date at every scale.
+
+  Fitted on the clear pixels (T * C * (len(MULTISCALE_RADII) + 1) features and an offset per
+  output band); `matched_regression` where too few pixels are clear for that many coefficients.
+  Clipped to [0, 1].
+  """
+  history = jnp.asarray(history, jnp.float32)
+  return _regressed(frequency_bands(_dates_as_bands(history)), cloudy, cloud_mask,
+                    matched_regression(history, cloudy, cloud_mask))
 
 
 # Every method by name, simplest first.
@@ -145,4 +205,5 @@ METHODS: dict[str, GapFill] = {
     "matched_persistence": matched_persistence,
     "matched_mean": matched_mean,
     "matched_regression": matched_regression,
+    "matched_multiscale": matched_multiscale,
 }
