@@ -22,6 +22,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 GapFill = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
@@ -159,17 +160,24 @@ def matched_regression(history: jax.Array, cloudy: jax.Array,
                     temporal_mean(history, cloudy, cloud_mask))
 
 
+def _window_counts(size: int, radius: int) -> np.ndarray:
+  """How many positions of a 0..size-1 axis each (2 radius + 1) window around them covers."""
+  position = np.arange(size)
+  return np.minimum(position + radius, size - 1) - np.maximum(position - radius, 0) + 1
+
+
 def box_mean(images: jax.Array, radius: int) -> jax.Array:
   """Mean over the (2 radius + 1)^2 window around each pixel of (N, H, W, C) images; windows
   reaching over the border average the pixels inside the image (separable, any image size)."""
   window, none, pad = 2 * radius + 1, (0, 0), (radius, radius)
-  def window_sum(x):
-    x = jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, window, 1, 1), (1, 1, 1, 1),
-                              (none, pad, none, none))
-    return jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, 1, window, 1), (1, 1, 1, 1),
-                                 (none, none, pad, none))
-  counts = window_sum(jnp.ones((1, *images.shape[1:3], 1), images.dtype))
-  return window_sum(images) / counts
+  sums = jax.lax.reduce_window(images, 0.0, jax.lax.add, (1, window, 1, 1), (1, 1, 1, 1),
+                               (none, pad, none, none))
+  sums = jax.lax.reduce_window(sums, 0.0, jax.lax.add, (1, 1, window, 1), (1, 1, 1, 1),
+                               (none, none, pad, none))
+  # The counts are static (NumPy at trace time): XLA would spend seconds folding them.
+  h, w = images.shape[1:3]
+  counts = np.outer(_window_counts(h, radius), _window_counts(w, radius))[None, :, :, None]
+  return sums / counts.astype(np.float32)
 
 
 def frequency_bands(images: jax.Array, radii: tuple[int, ...] = MULTISCALE_RADII) -> jax.Array:
