@@ -1,6 +1,6 @@
 """Times lax vs matmul convolutions (forward + backward) on PLFM's shapes; prints JSON.
 
-Usage: PYTHONPATH=. python bench/conv_bench.py [--reps 5] [--only SUBSTRING] [--dtype float32]
+Usage: .venv/bin/python -m bench.conv_bench [--reps=5] [--only=SUBSTRING] [--dtype=float32]
 
 Both implementations and a reference dense matmul run interleaved in one process and medians
 are reported, so that load from other processes hits all alike; `vs_matmul` is each time's
@@ -9,7 +9,6 @@ convolution FLOPs (2 * Ho * Wo * k * k * Cin * Cout per pass, 3 passes for forwa
 so Winograd, which does fewer, can exceed the matmul peak.
 """
 
-import argparse
 import json
 import statistics
 import time
@@ -18,6 +17,9 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
+
+from plfm_jax import cli
 
 from plfm_jax.models import conv as conv_lib
 from plfm_jax.models.conv import conv2d, matmul_route, upsample_conv2d
@@ -109,20 +111,22 @@ def bench_case(hw: int, cin: int, cout: int, k: int, s: int, upsample: bool, dty
   return out
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--reps", type=int, default=5)
-  parser.add_argument("--only", default="", help="run only cases whose name contains this")
-  parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-  args = parser.parse_args()
-  dtype = jnp.dtype(args.dtype)
-  report = {"backend": jax.default_backend(), "dtype": args.dtype, "reps": args.reps,
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("reps", 5, "Timed rounds per case.", lower_bound=1)
+flags.DEFINE_string("only", "", "Run only the cases whose name contains this.")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
+
+
+def main(argv) -> None:
+  del argv
+  dtype = jnp.dtype(FLAGS.dtype)
+  report = {"backend": jax.default_backend(), "dtype": FLAGS.dtype, "reps": FLAGS.reps,
             "peak_matmul_shape": PEAK_SHAPE, "cases": {}}
   for name, *case in CASES:
-    if args.only in name:
-      report["cases"][name] = bench_case(*case, dtype, args.reps)
+    if FLAGS.only in name:
+      report["cases"][name] = bench_case(*case, dtype, FLAGS.reps)
   print(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

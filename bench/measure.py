@@ -13,7 +13,6 @@ the worker side, `run_job` the orchestrator side.
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import json
 import os
@@ -27,6 +26,9 @@ import time
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
+from absl import flags
+
+from plfm_jax import cli
 
 from configs import plfm as plfm_config
 
@@ -221,14 +223,17 @@ def job_main(jobs: Mapping[str, Job]) -> None:
 
   A job returns its result, or yields it growing (each yielded value replaces the last).
   """
-  parser = argparse.ArgumentParser()
-  parser.add_argument("--spec", required=True, help="JSON job description")
-  parser.add_argument("--out", required=True, help="where to write the JSON result")
-  args = parser.parse_args()
-  spec = json.loads(args.spec)
-  result = jobs[spec["job"]](spec)
-  for partial in (result if inspect.isgenerator(result) else [result]):
-    _write(partial, args.out)
+  flags.DEFINE_string("spec", None, "JSON job description.", required=True)
+  flags.DEFINE_string("out", None, "Where to write the JSON result.", required=True)
+
+  def main(argv: Sequence[str]) -> None:
+    del argv
+    spec = json.loads(flags.FLAGS.spec)
+    result = jobs[spec["job"]](spec)
+    for partial in (result if inspect.isgenerator(result) else [result]):
+      _write(partial, flags.FLAGS.out)
+
+  cli.run(main)
 
 
 def log(message: str) -> None:

@@ -1,8 +1,9 @@
 """`make bench`: train-step speed vs a Keras re-creation of the reference, MFU, inference and
 input-pipeline throughput, peak memory; writes bench/results/<machine>.json and prints a table.
 
-Usage: .venv/bin/python -m bench.run [--quick] [--stages temporal,gan,head] [--repeats 5]
-       [--repeats-large 3] [--out FILE]
+Usage: .venv/bin/python -m bench.run [--quick] [--stages=temporal,gan,head] [--repeats=5]
+       [--repeats_large=3] [--warmup=1] [--out=FILE] [--data_dir=DIR] [--dtype=float32]
+       [--skip_keras]
 
 Every measurement runs in its own worker process (JAX: bench/jax_steps.py and
 bench/input_pipeline.py; Keras/TensorFlow: bench/keras_reference.py), one after the other, so
@@ -13,14 +14,17 @@ warm-up, with min and max; ratios compare medians of the same run. See bench/REA
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import os
 import sys
 import time
 from typing import Any, Sequence
 
+from absl import flags
+
 from bench import measure
+from plfm_jax import cli
 from plfm_jax import hugepages
 
 STAGES = ("temporal", "gan", "head")
@@ -41,48 +45,68 @@ KERAS_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2"}
 DEFAULT_DATA_DIR = os.path.join(measure.REPO_ROOT, "workdir", "bench")
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true",
-                      help="tiny widths at 32 px, batches 1 and 2 (smoke test; figures "
-                      "meaningless); writes only with --out")
-  parser.add_argument("--stages", default=",".join(STAGES),
-                      help="comma-separated subset of temporal,gan,head")
-  parser.add_argument("--repeats", type=int, default=5, help="timed repeats at batch 1")
-  parser.add_argument("--repeats-large", type=int, default=3,
-                      help="timed repeats at the larger batch (slow steps)")
-  parser.add_argument("--warmup", type=int, default=1,
-                      help="untimed calls before timing (Keras: the first one traces)")
-  parser.add_argument("--out", default=None,
-                      help="JSON result (default bench/results/<machine>.json)")
-  parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
-                      help="where the input-pipeline dataset is built once and reused")
-  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
-                      help="compute dtype of the JAX model and of the matmul peak (the Keras "
-                      "reference stays float32)")
-  parser.add_argument("--skip-keras", action="store_true",
-                      help="JAX only: e.g. on a GPU machine, where the CPU build of TensorFlow "
-                      "would time the host, not the accelerator")
-  args = parser.parse_args(argv)
-  args.stages = tuple(s for s in args.stages.split(",") if s)
-  unknown = set(args.stages) - set(STAGES)
-  if unknown or not args.stages:
-    parser.error(f"--stages must be a subset of {','.join(STAGES)}, got {sorted(unknown)}")
-  if min(args.repeats, args.repeats_large) < 1 or args.warmup < 0:
-    parser.error("repeats must be >= 1 and warmup >= 0")
-  return args
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """What one benchmark run measures (the command line's flags)."""
+  # Tiny widths at 32 px, batches 1 and 2: checks the machinery, figures meaningless.
+  quick: bool = False
+  stages: tuple[str, ...] = STAGES
+  # Timed repeats at batch 1 and at the larger batch (slow steps).
+  repeats: int = 5
+  repeats_large: int = 3
+  # Untimed calls before timing (Keras: the first one traces).
+  warmup: int = 1
+  # Where the input-pipeline dataset is built once and reused.
+  data_dir: str = DEFAULT_DATA_DIR
+  # Compute dtype of the JAX model and of the matmul peak (the Keras reference stays float32).
+  dtype: str = "float32"
+  # JAX only: e.g. on a GPU machine, where the CPU build of TensorFlow would time the host.
+  skip_keras: bool = False
+
+  def __post_init__(self):
+    if not self.stages or not set(self.stages) <= set(STAGES):
+      raise ValueError(f"stages must be a non-empty subset of {','.join(STAGES)}, "
+                       f"got {','.join(self.stages)}")
+
+  @classmethod
+  def from_flags(cls) -> "Options":
+    return cls(**{field.name: FLAGS[field.name].value for field in dataclasses.fields(cls)}
+               | {"stages": tuple(FLAGS.stages)})
 
 
-def _train_spec(args: argparse.Namespace, stage: str, batches: Sequence[int],
+FLAGS = flags.FLAGS
+_DEFAULT = Options()
+flags.DEFINE_bool("quick", _DEFAULT.quick, "Tiny widths at 32 px, batches 1 and 2 (checks the "
+                  "machinery; figures meaningless); writes only with --out.")
+flags.DEFINE_list("stages", list(_DEFAULT.stages), f"Subset of {','.join(STAGES)}.")
+flags.register_validator("stages", lambda stages: bool(stages) and set(stages) <= set(STAGES),
+                         f"--stages must be a non-empty subset of {','.join(STAGES)}")
+flags.DEFINE_integer("repeats", _DEFAULT.repeats, "Timed repeats at batch 1.", lower_bound=1)
+flags.DEFINE_integer("repeats_large", _DEFAULT.repeats_large,
+                     "Timed repeats at the larger batch (slow steps).", lower_bound=1)
+flags.DEFINE_integer("warmup", _DEFAULT.warmup,
+                     "Untimed calls before timing (Keras: the first one traces).", lower_bound=0)
+flags.DEFINE_string("out", None, "JSON result (default bench/results/<machine>.json).")
+flags.DEFINE_string("data_dir", _DEFAULT.data_dir,
+                    "Where the input-pipeline dataset is built once and reused.")
+flags.DEFINE_enum("dtype", _DEFAULT.dtype, ["float32", "bfloat16"],
+                  "Compute dtype of the JAX model and of the matmul peak (the Keras reference "
+                  "stays float32).")
+flags.DEFINE_bool("skip_keras", _DEFAULT.skip_keras,
+                  "JAX only: e.g. on a GPU machine, where the CPU build of TensorFlow would "
+                  "time the host, not the accelerator.")
+
+
+def _train_spec(options: Options, stage: str, batches: Sequence[int],
                 **extra: Any) -> dict[str, Any]:
-  repeats = [args.repeats if b == 1 else args.repeats_large for b in batches]
-  return {"job": "train", "quick": args.quick, "stage": stage, "batches": list(batches),
-          "repeats": repeats, "warmup": args.warmup, "dtype": args.dtype, **extra}
+  repeats = [options.repeats if b == 1 else options.repeats_large for b in batches]
+  return {"job": "train", "quick": options.quick, "stage": stage, "batches": list(batches),
+          "repeats": repeats, "warmup": options.warmup, "dtype": options.dtype, **extra}
 
 
-def lax_batches(args: argparse.Namespace) -> tuple[int, ...]:
+def lax_batches(options: Options) -> tuple[int, ...]:
   """Batch sizes the temporal stage is timed at with lax convolutions."""
-  return QUICK["batches"] if args.quick else LAX_BATCHES
+  return QUICK["batches"] if options.quick else LAX_BATCHES
 
 
 def _train_job(worker: str, spec: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
@@ -100,32 +124,32 @@ def _train_job(worker: str, spec: dict[str, Any], **kwargs: Any) -> dict[str, An
   return result
 
 
-def collect(args: argparse.Namespace) -> dict[str, Any]:
+def collect(options: Options) -> dict[str, Any]:
   """Runs every worker and returns their raw results."""
-  sizes = QUICK if args.quick else FULL
+  sizes = QUICK if options.quick else FULL
   jax_worker, keras_worker = "bench.jax_steps", "bench.keras_reference"
-  peak = {"job": "peak", "n": sizes["peak_n"], "repeats": max(args.repeats, 5),
-          "dtype": args.dtype}
+  peak = {"job": "peak", "n": sizes["peak_n"], "repeats": max(options.repeats, 5),
+          "dtype": options.dtype}
   raw: dict[str, Any] = {"train": []}
   measure.log("matmul peak")
   raw["peak_start"] = measure.run_job(jax_worker, peak)
-  for stage in args.stages:
+  for stage in options.stages:
     raw["train"].append(_train_job(
-        jax_worker, _train_spec(args, stage, sizes["batches"], conv_impl="auto")))
+        jax_worker, _train_spec(options, stage, sizes["batches"], conv_impl="auto")))
     if stage == "temporal":
       raw["train"].append(_train_job(
-          jax_worker, _train_spec(args, stage, lax_batches(args), conv_impl="lax")))
-    if not args.skip_keras:
+          jax_worker, _train_spec(options, stage, lax_batches(options), conv_impl="lax")))
+    if not options.skip_keras:
       raw["train"].append(_train_job(
-          keras_worker, _train_spec(args, stage, sizes["batches"], threads=measure.cores()),
+          keras_worker, _train_spec(options, stage, sizes["batches"], threads=measure.cores()),
           env=KERAS_ENV))
   raw["inference"] = measure.run_job(jax_worker, {
-      "job": "inference", "quick": args.quick, "batch": sizes["inference_batch"],
-      "warmup": args.warmup, "repeats": args.repeats, "dtype": args.dtype})
+      "job": "inference", "quick": options.quick, "batch": sizes["inference_batch"],
+      "warmup": options.warmup, "repeats": options.repeats, "dtype": options.dtype})
   raw["pipeline"] = measure.run_job("bench.input_pipeline", {
-      "job": "pipeline", "quick": args.quick, "data_dir": "" if args.quick else args.data_dir,
+      "job": "pipeline", "quick": options.quick, "data_dir": "" if options.quick else options.data_dir,
       "batch": sizes["pipeline_batch"], "batches": sizes["pipeline_batches"],
-      "warmup": 2, "repeats": args.repeats})
+      "warmup": 2, "repeats": options.repeats})
   measure.log("matmul peak again")
   raw["peak_end"] = measure.run_job(jax_worker, peak)
   return raw
@@ -227,7 +251,7 @@ def pipeline_summary(raw: dict[str, Any], rows: list[dict[str, Any]]) -> dict[st
           "met": None if worst is None else worst >= PIPELINE_TARGET}
 
 
-def summarize(raw: dict[str, Any], args: argparse.Namespace, started: float,
+def summarize(raw: dict[str, Any], options: Options, started: float,
               load_before: list[float]) -> dict[str, Any]:
   """The result JSON (see bench/README.md for the fields)."""
   peaks = [raw["peak_start"], raw["peak_end"]]
@@ -239,8 +263,8 @@ def summarize(raw: dict[str, Any], args: argparse.Namespace, started: float,
   keras_job = next((j for j in raw["train"] if j["framework"] == "keras"), None)
   not_run = skipped(raw)
   targets = []
-  for stage in args.stages:
-    for batch in (QUICK if args.quick else FULL)["batches"]:
+  for stage in options.stages:
+    for batch in (QUICK if options.quick else FULL)["batches"]:
       what = f"{stage} train step, batch {batch}: JAX >= {SPEEDUP_TARGETS[stage]}x Keras"
       ratio = next((r for r in ratios if r["default_path"] and r["stage"] == stage
                     and r["batch"] == batch), None)
@@ -256,17 +280,17 @@ def summarize(raw: dict[str, Any], args: argparse.Namespace, started: float,
   accelerator = jax_versions["backend"]
   return {
       "schema": 1,
-      "quick": args.quick,
+      "quick": options.quick,
       "machine": {**measure.machine_info(), "name": measure.machine_name(),
                   "jax_backend": accelerator},
       "gpu": ("no GPU on this machine: CPU figures only; run `make bench` on a GPU machine "
               "to record one" if accelerator == "cpu" else f"ran on {jax_versions['devices']}"),
       "versions": {**jax_versions, **(keras_job["versions"] if keras_job else {}),
                    "keras_jit_compile": keras_job["jit_compile"] if keras_job else None},
-      "settings": {"stages": list(args.stages), "repeats": args.repeats,
-                   "repeats_large_batch": args.repeats_large, "warmup": args.warmup,
-                   "threads": measure.cores(), "lax_batches": list(lax_batches(args)),
-                   "dtype": args.dtype, "skip_keras": args.skip_keras,
+      "settings": {"stages": list(options.stages), "repeats": options.repeats,
+                   "repeats_large_batch": options.repeats_large, "warmup": options.warmup,
+                   "threads": measure.cores(), "lax_batches": list(lax_batches(options)),
+                   "dtype": options.dtype, "skip_keras": options.skip_keras,
                    "command": " ".join(sys.argv),
                    "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
                    "huge_pages": hugepages.enabled()},
@@ -275,7 +299,7 @@ def summarize(raw: dict[str, Any], args: argparse.Namespace, started: float,
                       "end": raw["peak_end"]["gflops"], "peak_gflops": peak_gflops},
       "train": rows,
       "speedup": ratios,
-      "param_counts": param_counts(raw, args.quick),
+      "param_counts": param_counts(raw, options.quick),
       "skipped": not_run,
       "keras_updates": {j["stage"]: j.get("updated") for j in raw["train"]
                         if j["framework"] == "keras"},
@@ -365,20 +389,21 @@ def format_table(result: dict[str, Any]) -> str:
           for name, c in result["param_counts"].items()),
       "Keras steps updated: " + ("; ".join(
           f"{stage}: {', '.join(f'{k} {v}' for k, v in (u or {}).items()) or 'not measured'}"
-          for stage, u in result["keras_updates"].items()) or "not measured (--skip-keras)"),
+          for stage, u in result["keras_updates"].items()) or "not measured (--skip_keras)"),
       f"all targets met: {result['all_targets_met']}; wall time {result['wall_seconds']:.0f} s",
   ]
   return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-  args = parse_args(argv)
+def main(argv: Sequence[str]) -> None:
+  del argv
+  options = Options.from_flags()
   started = time.perf_counter()
   load_before = measure.load_average()
-  raw = collect(args)
-  result = summarize(raw, args, started, load_before)
-  out = args.out
-  if out is None and not args.quick:
+  raw = collect(options)
+  result = summarize(raw, options, started, load_before)
+  out = FLAGS.out
+  if out is None and not options.quick:
     out = os.path.join(measure.REPO_ROOT, "bench", "results",
                        f"{result['machine']['name']}.json")
   if out:
@@ -394,4 +419,4 @@ if __name__ == "__main__":
   # Every worker, JAX and Keras alike, inherits this process's malloc settings (`make bench`
   # sets the huge-page tunable, plfm_jax/hugepages.py), so that ratios compare code, not
   # allocators; the result records them.
-  main()
+  cli.run(main)

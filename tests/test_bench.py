@@ -29,7 +29,7 @@ def quick_result(tmp_path_factory) -> tuple[dict, str]:
   env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
   completed = subprocess.run(
       [sys.executable, "-m", "bench.run", "--quick", "--stages", "temporal", "--repeats", "1",
-       "--repeats-large", "1", "--out", str(out)],
+       "--repeats_large", "1", "--out", str(out)],
       cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False)
   assert completed.returncode == 0, completed.stderr[-3000:]
   return json.loads(out.read_text()), completed.stdout
@@ -92,8 +92,8 @@ def test_jax_only_in_bfloat16_starts_no_keras_worker(monkeypatch):
     return {"results": [], "stopped": "fake", "versions": {}}
 
   monkeypatch.setattr(run.measure, "run_job", fake_run_job)
-  run.collect(run.parse_args(["--quick", "--stages", "gan,head", "--skip-keras",
-                              "--dtype", "bfloat16"]))
+  run.collect(run.Options(quick=True, stages=("gan", "head"), skip_keras=True,
+                          dtype="bfloat16"))
   modules = {module for module, _ in started}
   assert modules == {"bench.jax_steps", "bench.input_pipeline"}
   jax_specs = [spec for module, spec in started if module == "bench.jax_steps"]
@@ -111,5 +111,11 @@ def test_executed_flops_unknown_where_the_program_loops():
 
 
 def test_rejects_unknown_stage():
-  with pytest.raises(SystemExit):
-    run.parse_args(["--stages", "temporal,joint"])
+  with pytest.raises(ValueError, match="subset of temporal,gan,head"):
+    run.Options(stages=("temporal", "joint"))
+  # The command line says so in one line, before any worker starts.
+  completed = subprocess.run([sys.executable, "-m", "bench.run", "--stages=temporal,joint"],
+                             cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+  assert completed.returncode == 1
+  assert "--stages must be a non-empty subset of temporal,gan,head" in completed.stderr
+  assert "matmul peak" not in completed.stderr
