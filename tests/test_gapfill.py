@@ -89,7 +89,7 @@ def test_box_mean_and_frequency_bands_against_numpy():
 
 
 def test_matched_multiscale_equals_numpy_least_squares():
-  data = series(8, size=24)
+  data = series(8, size=32)
   out = np.asarray(gapfill.matched_multiscale(data["history"], data["cloudy"],
                                               data["cloud_mask"]))
   for i in range(2):
@@ -100,12 +100,15 @@ def test_matched_multiscale_equals_numpy_least_squares():
       coarser = numpy_box_mean(dates, radius)
       levels.append(finer - coarser)
       finer = coarser
-    design = np.concatenate([*levels, finer, np.ones((24, 24, 1))], -1).reshape(24 * 24, -1)
+    design = np.concatenate([*levels, finer, np.ones((32, 32, 1))], -1).reshape(32 * 32, -1)
     assert design.shape[1] == 3 * 3 * (len(gapfill.MULTISCALE_RADII) + 1) + 1
     coefficients, *_ = np.linalg.lstsq(design[clear], data["cloudy"][i].reshape(-1, 3)[clear],
                                        rcond=None)
-    expected = np.clip(design @ coefficients, 0, 1).reshape(24, 24, 3)
+    expected = np.clip(design @ coefficients, 0, 1).reshape(32, 32, 3)
     np.testing.assert_allclose(out[i], expected, atol=1e-4)
+  # Enough clear pixels for every coefficient: the fit is not the fallback.
+  fallback = gapfill.matched_regression(data["history"], data["cloudy"], data["cloud_mask"])
+  assert np.abs(out - fallback).max() > 1e-3
 
 
 def test_matched_multiscale_restores_a_date_whose_scales_changed_apart():
@@ -125,7 +128,7 @@ def test_matched_multiscale_restores_a_date_whose_scales_changed_apart():
 
 
 def test_fits_ignore_cloud_pixels():
-  data = series(2, size=24)
+  data = series(2, size=32)
   brighter = {**data, "cloudy": np.where(data["cloud_mask"] > 0, 0.1, data["cloudy"])}
   for method in ("matched_persistence", "matched_mean", "matched_regression",
                  "matched_multiscale"):
@@ -145,7 +148,7 @@ def test_too_few_clear_pixels_fall_back_to_the_unmatched_image():
       gapfill.matched_regression(history, data["cloudy"], cloudy_all), history.mean(axis=1),
       atol=1e-7)
   # 144 pixels, 40% under clouds: enough for matched_regression's 10 coefficients per band, too
-  # few for matched_multiscale's 37.
+  # few for matched_multiscale's 46.
   np.testing.assert_array_equal(
       gapfill.matched_multiscale(history, data["cloudy"], data["cloud_mask"]),
       gapfill.matched_regression(history, data["cloudy"], data["cloud_mask"]))

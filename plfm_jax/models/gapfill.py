@@ -31,10 +31,10 @@ MIN_CLEAR_PER_COEFFICIENT = 8
 # Ridge on the features' covariance, relative to its mean diagonal: keeps the solve finite for
 # constant or collinear features while changing a well-posed fit by about this fraction.
 _RIDGE = 1e-6
-# Radii in pixels (windows of 3, 9 and 33 px) of the box filters that split each earlier date into
-# frequency bands for `matched_multiscale`: a ratio of 4 between scales, chosen on validation
-# patches among pyramids of one to five levels (docs/results.md).
-MULTISCALE_RADII = (1, 4, 16)
+# Radii in pixels (windows of 3, 9, 33 and 129 px) of the box filters that split each earlier date
+# into frequency bands for `matched_multiscale`: the split with the best validation score among
+# those of scripts/prior_selection.py (docs/results.md).
+MULTISCALE_RADII = (1, 4, 16, 64)
 
 
 def linear_fit(x: jax.Array, y: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -191,17 +191,18 @@ def frequency_bands(images: jax.Array, radii: tuple[int, ...] = MULTISCALE_RADII
   return jnp.concatenate([*bands, finer], axis=-1)
 
 
-def matched_multiscale(history: jax.Array, cloudy: jax.Array,
-                       cloud_mask: jax.Array) -> jax.Array:
-  """`matched_regression` with every earlier date split into frequency bands (`frequency_bands`):
-  each band of the cloudy date as a linear function of every band of every date at every scale.
+def matched_multiscale(history: jax.Array, cloudy: jax.Array, cloud_mask: jax.Array,
+                       radii: tuple[int, ...] = MULTISCALE_RADII) -> jax.Array:
+  """`matched_regression` with every earlier date split into frequency bands (`frequency_bands`
+  with `radii`): each band of the cloudy date as a linear function of every band of every date
+  at every scale.
 
-  Fitted on the clear pixels (T * C * (len(MULTISCALE_RADII) + 1) features and an offset per
-  output band); `matched_regression` where too few pixels are clear for that many coefficients.
-  Clipped to [0, 1].
+  Fitted on the clear pixels (T * C * (len(radii) + 1) features and an offset per output band);
+  `matched_regression` where too few pixels are clear for that many coefficients. Clipped to
+  [0, 1].
   """
   history = jnp.asarray(history, jnp.float32)
-  return _regressed(frequency_bands(_dates_as_bands(history)), cloudy, cloud_mask,
+  return _regressed(frequency_bands(_dates_as_bands(history), radii), cloudy, cloud_mask,
                     matched_regression(history, cloudy, cloud_mask))
 
 

@@ -1,0 +1,118 @@
+"""How the scales of the multi-scale prior were chosen: candidate splits on validation patches.
+
+    .venv/bin/python scripts/prior_selection.py --workdirs=RUN,RUN [--out=FILE.json]
+
+Each RUN is a `scripts/real_sample_results.py` workdir (its saved config and its built dataset).
+On that run's `validation` split only (the held-out patches of its training zones, with the
+evaluation's simulated clouds), every candidate of CANDIDATES fills the clouds and is scored by
+cloud-area PSNR and SSIM in reflectance. The choice: the candidate with the highest PSNR
+averaged over the runs. Prints a Markdown table and the choice; `--out` also keeps the numbers as
+JSON, {run folder name: {candidate: {"psnr_cloud": .., "ssim_cloud": ..}}}. The test split is
+never read.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import pathlib
+
+import jax
+import numpy as np
+from absl import flags
+
+from plfm_jax import metrics
+from plfm_jax import runtime
+from plfm_jax import workdir as workdir_lib
+from plfm_jax.data import pipeline
+from plfm_jax.errors import InputError
+from plfm_jax.models import gapfill
+
+FLAGS = flags.FLAGS
+SPLIT = "validation"
+# Candidate splits of the earlier dates into frequency bands: box-filter radii in pixels, finest
+# first. None is the matched regression (no split).
+CANDIDATES = {
+    "matched regression (no split)": None,
+    **{f"radius {r}": (r,) for r in (2, 4, 8, 16)},
+    **{f"radii {', '.join(map(str, radii))}": radii
+       for radii in ((1, 4), (2, 8), (1, 4, 16), (1, 2, 4, 8, 16), (1, 4, 16, 64))},
+}
+
+
+def _method(radii: tuple[int, ...] | None) -> gapfill.GapFill:
+  if radii is None:
+    return gapfill.matched_regression
+  return functools.partial(gapfill.matched_multiscale, radii=radii)
+
+
+def scores(workdir: pathlib.Path) -> dict[str, dict[str, float]]:
+  """{candidate: mean cloud-area psnr and ssim} on the run's validation split."""
+  config = workdir_lib.saved_config(workdir)
+  if config.data.s2_normalization != "reflectance":
+    raise InputError(workdir, "was trained in another normalisation than reflectance")
+  data_config = config.data.copy_and_resolve_references()
+  data_config.tfds_dir = str(workdir / "tfds")
+
+  @jax.jit
+  def batch_scores(batch):
+    out = {}
+    for name, radii in CANDIDATES.items():
+      image = _method(radii)(batch["history"], batch["cloudy"], batch["cloud_mask"])
+      found = metrics.standard_metrics(image, batch["target"], batch["cloud_mask"])
+      out[name] = {k: found[k] for k in ("psnr_cloud", "ssim_cloud")}
+    return out
+
+  per_sample: dict[str, dict[str, list[np.ndarray]]] = {}
+  for batch in pipeline.make_iterator(data_config, split=SPLIT, global_batch_size=1,
+                                      train=False, seed=config.seed, num_epochs=1):
+    found = batch_scores({k: batch[k] for k in ("history", "cloudy", "cloud_mask", "target")})
+    for name, values in found.items():
+      for metric, value in values.items():
+        per_sample.setdefault(name, {}).setdefault(metric, []).append(np.asarray(value))
+  return {name: metrics.average({k: np.concatenate(v) for k, v in values.items()})
+          for name, values in per_sample.items()}
+
+
+def choice(results: dict[str, dict[str, dict[str, float]]]) -> str:
+  """The candidate with the highest cloud-area PSNR averaged over the runs."""
+  return max(CANDIDATES, key=lambda name: np.mean([run[name]["psnr_cloud"]
+                                                    for run in results.values()]))
+
+
+def markdown(results: dict[str, dict[str, dict[str, float]]]) -> str:
+  """Candidates as rows, each run's validation PSNR / SSIM as columns; the best in bold."""
+  runs = list(results)
+  header = ("| split of the earlier dates | " + " | ".join(f"{run}: PSNR cloud | SSIM cloud"
+                                                         for run in runs) + " |\n"
+            "|---|" + "---:|---:|" * len(runs))
+  best = {(run, metric): max(v[metric] for v in results[run].values())
+          for run in runs for metric in ("psnr_cloud", "ssim_cloud")}
+  rows = []
+  for name in CANDIDATES:
+    cells = []
+    for run in runs:
+      for metric, digits in (("psnr_cloud", 2), ("ssim_cloud", 4)):
+        value = results[run][name][metric]
+        text = f"{value:.{digits}f}"
+        cells.append(f"**{text}**" if f"{value:.{digits}f}" == f"{best[(run, metric)]:.{digits}f}"
+                     else text)
+    rows.append(f"| {name} | " + " | ".join(cells) + " |")
+  return "\n".join([header, *rows])
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  runtime.configure(FLAGS.debug)
+  results = {pathlib.Path(w).name: scores(pathlib.Path(w)) for w in FLAGS.workdirs}
+  if FLAGS.out:
+    pathlib.Path(FLAGS.out).write_text(json.dumps(results, indent=1) + "\n")
+  print(markdown(results))
+  print(f"\nchosen (highest mean validation PSNR): {choice(results)}")
+
+
+if __name__ == "__main__":
+  from plfm_jax import cli
+  flags.DEFINE_list("workdirs", None, "real_sample_results.py workdirs.", required=True)
+  flags.DEFINE_string("out", None, "JSON file for the numbers.")
+  cli.run(main)
