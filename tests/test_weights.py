@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 import tifffile
 
+from configs.plfm import get_config
 from plfm_jax import weights
+from plfm_jax import workdir as workdir_lib
 from plfm_jax.errors import InputError
 from plfm_jax.inference import scene
 from test_inference_scene import REPO_ROOT, run_cli
@@ -89,7 +91,9 @@ def test_shipped_weights_load():
   config = shipped.config
   assert shipped.path == weights.shipped_path("plus_sample") and shipped.path.is_file()
   assert config.data.s2_normalization == "reflectance" and config.data.crop_size == 64
-  assert config.model.temporal_prior == "matched_regression"
+  # The shipped model is the current `plus`: every model switch as configs/plfm.py sets it.
+  assert workdir_lib.model_changes(workdir_lib.config_dict(config),
+                                   workdir_lib.config_dict(get_config("small,plus"))) == ([], [])
   assert "zone_9_a and zone_9_b" in shipped.metadata["description"]
   # A few MB (float32 variables of widths 16): it ships inside the package.
   assert shipped.path.stat().st_size < 10 * 2**20
