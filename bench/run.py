@@ -45,28 +45,28 @@ KERAS_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2"}
 DEFAULT_DATA_DIR = os.path.join(measure.REPO_ROOT, "workdir", "bench")
 
 
+_STAGES_RULE = f"stages must be a non-empty subset of {','.join(STAGES)}"
+
+
+def _valid_stages(stages: Sequence[str]) -> bool:
+  return bool(stages) and set(stages) <= set(STAGES)
+
+
 @dataclasses.dataclass(frozen=True)
 class Options:
-  """What one benchmark run measures (the command line's flags)."""
-  # Tiny widths at 32 px, batches 1 and 2: checks the machinery, figures meaningless.
+  """What one benchmark run measures: the command line's flags of the same names (below)."""
   quick: bool = False
   stages: tuple[str, ...] = STAGES
-  # Timed repeats at batch 1 and at the larger batch (slow steps).
   repeats: int = 5
   repeats_large: int = 3
-  # Untimed calls before timing (Keras: the first one traces).
   warmup: int = 1
-  # Where the input-pipeline dataset is built once and reused.
   data_dir: str = DEFAULT_DATA_DIR
-  # Compute dtype of the JAX model and of the matmul peak (the Keras reference stays float32).
   dtype: str = "float32"
-  # JAX only: e.g. on a GPU machine, where the CPU build of TensorFlow would time the host.
   skip_keras: bool = False
 
   def __post_init__(self):
-    if not self.stages or not set(self.stages) <= set(STAGES):
-      raise ValueError(f"stages must be a non-empty subset of {','.join(STAGES)}, "
-                       f"got {','.join(self.stages)}")
+    if not _valid_stages(self.stages):
+      raise ValueError(f"{_STAGES_RULE}, got {','.join(self.stages)}")
 
   @classmethod
   def from_flags(cls) -> "Options":
@@ -79,8 +79,7 @@ _DEFAULT = Options()
 flags.DEFINE_bool("quick", _DEFAULT.quick, "Tiny widths at 32 px, batches 1 and 2 (checks the "
                   "machinery; figures meaningless); writes only with --out.")
 flags.DEFINE_list("stages", list(_DEFAULT.stages), f"Subset of {','.join(STAGES)}.")
-flags.register_validator("stages", lambda stages: bool(stages) and set(stages) <= set(STAGES),
-                         f"--stages must be a non-empty subset of {','.join(STAGES)}")
+flags.register_validator("stages", _valid_stages, f"--{_STAGES_RULE}")
 flags.DEFINE_integer("repeats", _DEFAULT.repeats, "Timed repeats at batch 1.", lower_bound=1)
 flags.DEFINE_integer("repeats_large", _DEFAULT.repeats_large,
                      "Timed repeats at the larger batch (slow steps).", lower_bound=1)

@@ -26,6 +26,7 @@ from plfm_jax import runtime
 from plfm_jax import workdir as workdir_lib
 from plfm_jax.data import pipeline
 from plfm_jax.errors import InputError
+from plfm_jax.evaluation import report
 from plfm_jax.models import gapfill
 
 FLAGS = flags.FLAGS
@@ -82,23 +83,12 @@ def choice(results: dict[str, dict[str, dict[str, float]]]) -> str:
 
 def markdown(results: dict[str, dict[str, dict[str, float]]]) -> str:
   """Candidates as rows, each run's validation PSNR / SSIM as columns; the best in bold."""
-  runs = list(results)
-  header = ("| split of the earlier dates | " + " | ".join(f"{run}: PSNR cloud | SSIM cloud"
-                                                         for run in runs) + " |\n"
-            "|---|" + "---:|---:|" * len(runs))
-  best = {(run, metric): max(v[metric] for v in results[run].values())
-          for run in runs for metric in ("psnr_cloud", "ssim_cloud")}
-  rows = []
-  for name in CANDIDATES:
-    cells = []
-    for run in runs:
-      for metric, digits in (("psnr_cloud", 2), ("ssim_cloud", 4)):
-        value = results[run][name][metric]
-        text = f"{value:.{digits}f}"
-        cells.append(f"**{text}**" if f"{value:.{digits}f}" == f"{best[(run, metric)]:.{digits}f}"
-                     else text)
-    rows.append(f"| {name} | " + " | ".join(cells) + " |")
-  return "\n".join([header, *rows])
+  columns = [(f"{metric} {run}", f"{run}: {name}", digits) for run in results
+             for metric, name, digits in (("psnr_cloud", "PSNR cloud", 2),
+                                          ("ssim_cloud", "SSIM cloud", 4))]
+  means = {name: {f"{metric} {run}": found[name][metric] for run, found in results.items()
+                  for metric in ("psnr_cloud", "ssim_cloud")} for name in CANDIDATES}
+  return report.markdown_table(means, {}, columns)
 
 
 def main(argv: list[str]) -> None:
