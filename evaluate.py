@@ -30,6 +30,10 @@ flags.DEFINE_string("weights", None,
                     "Evaluate a weights file (or shipped weights: "
                     f"{', '.join(weights_lib.SHIPPED)}) instead of the workdir's checkpoints.")
 flags.DEFINE_string("split", "test", "TFDS split or slice to evaluate, e.g. test or test[:100].")
+flags.DEFINE_list("scenarios", list(evaluation.DEFAULT_SCENARIOS),
+                  "What the methods are told of the simulated clouds, in report order: "
+                  "detected (the tool's own detection), exact (the exact mask), qa60 (opaque "
+                  "cores and detection), history_clouded (the latest earlier date clouded too).")
 flags.DEFINE_string("fid_weights", None,
                     "Inception-v3 weights file for FID; without it FID is skipped.")
 flags.DEFINE_integer("num_panels", 8, "Samples drawn in the PNG panels.")
@@ -41,12 +45,14 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   runtime.configure(FLAGS.debug)
   summary = evaluation.evaluate(FLAGS.config, FLAGS.workdir, split=FLAGS.split,
-                                fid_weights=FLAGS.fid_weights, num_panels=FLAGS.num_panels,
+                                scenarios=tuple(FLAGS.scenarios), fid_weights=FLAGS.fid_weights, num_panels=FLAGS.num_panels,
                                 overwrite=FLAGS.overwrite,
                                 weights=(None if FLAGS.weights is None
                                          else weights_lib.load(FLAGS.weights)))
   if jax.process_index() == 0:
-    print(report.markdown_table(summary["metrics"], baselines.LABELS))
+    for scenario in summary["scenarios"]:
+      print(f"scenario {scenario}: {report.SCENARIO_TITLES[scenario]}")
+      print(report.markdown_table(summary["metrics"][scenario], baselines.LABELS))
     print(f"wrote {evaluation.output_dir(FLAGS.workdir, FLAGS.split)}")
 
 

@@ -1,9 +1,11 @@
 """De-clouds a Sentinel-2 scene with a trained PLFM model (docs/predict.md).
 
-    python predict.py --cloudy S2_t3.tif --history S2_t0.tif,S2_t1.tif,S2_t2.tif
-        --sar S1_t3.tif [--cloud_mask QA60.tif] --out OUT.tif [--weights NAME|FILE | --workdir DIR]
+    python predict.py --cloudy S2_t3.tif --history S2_t0.tif,S2_t1.tif,S2_t2.tif [--sar S1_t3.tif]
+        [--cloud_mask MASK.tif] --out OUT.tif [--weights NAME|FILE | --workdir DIR]
 
-Without --weights or --workdir the shipped weights (docs/weights.md) are used.
+Clouds, haze and shadows are found in every date from the series itself (and any mask given);
+`--history` takes one or more earlier dates (of more than the model reads, each window reads the
+clearest, latest). Without --weights or --workdir the shipped weights (docs/weights.md) are used.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from plfm_jax import cli
 from plfm_jax import runtime
 from plfm_jax import sharding
 from plfm_jax import weights as weights_lib
-from plfm_jax.inference import cloud_mask, geotiff, scene
+from plfm_jax.data import inputs
+from plfm_jax.inference import rasters, scene
+from plfm_jax.masks import formats
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("weights", None,
@@ -32,30 +36,44 @@ flags.DEFINE_string("cloudy", None,
                     "3-band GeoTIFF or a folder of per-band ones (<date>.B4.tif, ...).",
                     required=True)
 flags.DEFINE_list("history", None,
-                  "Sentinel-2 R, G, B of the earlier dates, oldest first, comma-separated "
-                  "(GeoTIFFs or folders, as --cloudy).",
+                  "Sentinel-2 R, G, B of one or more earlier dates, oldest first, "
+                  "comma-separated (GeoTIFFs or folders, as --cloudy; a folder's QA60 is its "
+                  "date's mask). Of more dates than the model reads, each window reads the "
+                  "clearest, latest ones.",
                   required=True)
-flags.DEFINE_string("sar", None, "Sentinel-1 VV backscatter in dB of the cloudy date.",
-                    required=True)
+flags.DEFINE_string("sar", None,
+                    "Sentinel-1 VV backscatter in dB of the cloudy date; without it the scene "
+                    "is restored from the optical dates alone.")
 flags.DEFINE_string("cloud_mask", None,
-                    "QA60 band of the cloudy date; default: the QA60 file of a --cloudy folder, "
-                    "else a brightness/whiteness heuristic.")
-flags.DEFINE_float("cloud_threshold", cloud_mask.DEFAULT_BRIGHTNESS,
-                   "Heuristic: minimum mean R, G, B reflectance of a cloud.")
+                    "A cloud mask of the cloudy date (QA60, Sen2Cor SCL, a cloud probability, "
+                    "OmniCloudMask classes or 0/1): added to what the tool finds. Default: the "
+                    "QA60 file of a --cloudy folder.")
+flags.DEFINE_enum("mask_format", "auto", formats.FORMATS,
+                  "Format of --cloud_mask; auto tells it from the values.")
+flags.DEFINE_float("mask_threshold", formats.DEFAULT_PROBABILITY_THRESHOLD,
+                   "Probability masks: a pixel above this (of 1) is cloud.")
+flags.DEFINE_bool("detect", True,
+                  "Find clouds, haze and shadows in every date from the series; --nodetect "
+                  "restores what the given masks flag, nothing else.")
 flags.DEFINE_string("out", None, "Output GeoTIFF.", required=True)
 flags.DEFINE_string("mask_out", None,
-                    "Also write the cloud mask used (uint8, 1 = restored) to this GeoTIFF.")
+                    "Also write what was restored to this GeoTIFF (uint8: 0 kept, 1 cloud or "
+                    "haze, 2 shadow).")
 flags.DEFINE_bool("composite", True,
-                  "Keep the cloudy input's clear pixels; --nocomposite writes the prediction "
-                  "everywhere.")
+                  "Keep the cloudy input's pixels where nothing is to be restored; "
+                  "--nocomposite writes the prediction everywhere.")
 flags.DEFINE_bool("overwrite", False, "Replace existing output files.")
+flags.DEFINE_integer("window", scene.DEFAULT_WINDOW,
+                     f"Window side in pixels, a multiple of {scene.WINDOW_MULTIPLE}: the "
+                     "detection and the prior are fitted on the whole window.",
+                     lower_bound=scene.WINDOW_MULTIPLE)
 flags.DEFINE_integer("overlap", None,
-                     "Pixels shared by neighbouring windows (default: a quarter of the model's "
-                     "window).")
+                     "Pixels shared by neighbouring windows (default: an eighth of the window).")
 flags.DEFINE_integer("batch_size", 8,
                      "Windows per model call, rounded up to a multiple of the device count.",
                      lower_bound=1)
-flags.DEFINE_enum("compression", "zlib", geotiff.COMPRESSIONS, "Compression of the outputs.")
+flags.DEFINE_enum("compression", "deflate", rasters.COMPRESSIONS, "Compression of the outputs.")
+flags.DEFINE_bool("cog", False, "Write Cloud-Optimised GeoTIFFs (with overviews).")
 flags.DEFINE_bool("quiet", False, "No progress bar.")
 
 
@@ -67,32 +85,38 @@ def main(argv):
   sharding.maybe_initialize_distributed()
   if FLAGS.workdir is not None and FLAGS.weights is not None:
     raise app.UsageError("give --weights or --workdir, not both")
+  if FLAGS.window % scene.WINDOW_MULTIPLE:
+    raise app.UsageError(f"--window must be a multiple of {scene.WINDOW_MULTIPLE}")
   if FLAGS.workdir is not None:
     model = scene.load_tile_model(FLAGS.workdir, batch_size=FLAGS.batch_size)
   else:
     weights = weights_lib.load(FLAGS.weights or weights_lib.SHIPPED[0])
     model = scene.tile_model(weights.config, weights.variables, batch_size=FLAGS.batch_size)
-  if FLAGS.overlap is not None and not 0 <= FLAGS.overlap < model.tile_size:
-    raise app.UsageError(f"--overlap must be in [0, {model.tile_size}) for this model's "
-                         f"{model.tile_size} px windows")
   path = lambda name: None if name is None else pathlib.Path(name)
   report = scene.predict_scene(
       scene.SceneInputs(cloudy=path(FLAGS.cloudy), history=tuple(map(path, FLAGS.history)),
-                        sar=path(FLAGS.sar), qa60=path(FLAGS.cloud_mask)),
-      FLAGS.out, model, overlap=FLAGS.overlap, composite=FLAGS.composite,
-      mask_out=FLAGS.mask_out, brightness=FLAGS.cloud_threshold, overwrite=FLAGS.overwrite,
-      compression=FLAGS.compression, progress=not FLAGS.quiet)
+                        sar=path(FLAGS.sar), cloud_mask=path(FLAGS.cloud_mask),
+                        mask_format=FLAGS.mask_format, mask_threshold=FLAGS.mask_threshold),
+      FLAGS.out, model, window=FLAGS.window, overlap=FLAGS.overlap, composite=FLAGS.composite,
+      mask_out=FLAGS.mask_out, masking=inputs.Masking(detect=FLAGS.detect),
+      overwrite=FLAGS.overwrite, compression=FLAGS.compression, cog=FLAGS.cog,
+      progress=not FLAGS.quiet)
   if jax.process_index() != 0:
     return
   for note in report.notes:
     print(f"input: {note}")
+  if not report.sar:
+    print("no --sar: restored from the optical dates alone (the SAR branch and the fusion "
+          "head are not used)")
+  for date in report.dates:
+    print(f"found in {date.name}: cloud or haze {100 * date.cloud:.1f}%, shadow "
+          f"{100 * date.shadow:.1f}%, flagged by its mask {100 * date.given:.1f}%")
   if not report.windows:
-    print("no pixel is under clouds in the cloud mask: the cloudy date is written unchanged")
+    print("nothing to restore: the cloudy date is written unchanged")
   elif report.cloud_fraction == 1:
-    print("every pixel is under clouds: the whole date is restored from the earlier dates and "
-          "the SAR")
-  print(f"wrote {FLAGS.out}: {report.height} x {report.width} px, {report.windows} windows, "
-        f"{100 * report.cloud_fraction:.1f}% under clouds, {time.perf_counter() - start:.1f} s")
+    print("every pixel is restored: the whole date comes from the earlier dates")
+  print(f"wrote {FLAGS.out}: {report.height} x {report.width} px, {report.windows} windows run, "
+        f"{100 * report.cloud_fraction:.1f}% restored, {time.perf_counter() - start:.1f} s")
 
 
 if __name__ == "__main__":

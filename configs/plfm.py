@@ -51,9 +51,19 @@ def data_config() -> ml_collections.ConfigDict:
           coverage=(0.2, 0.6),
           # Share of the cloud cover that is thin (semi-transparent) rather than opaque.
           thin_fraction=0.3,
+          # Width of the haze that fades out around every cloud, in units of the cloud field
+          # (plfm_jax/data/clouds.py): its outer part changes the ground by less than a
+          # detector can see. 0: clouds end where their mask does.
+          haze_margin=0.1,
           # Cast shadows next to the clouds.
           shadows=True,
       )),
+      # What the model is told of the simulated clouds (plfm_jax/data/pipeline.py SCENARIOS):
+      # "exact" (their exact mask), "detected" (nothing: the tool's own detection), "qa60" (the
+      # opaque cores, and detection) or "history_clouded" (nothing, and the latest earlier date
+      # clouded too). Training and validation use it; evaluate.py scores every scenario it is
+      # given (--scenarios).
+      scenario="exact",
       # With neither tfds_dir holding a built dataset nor manual_dir: write a synthetic dataset
       # into the workdir and train on it (the demo's embedded default, no download).
       synthetic=False,
@@ -93,6 +103,10 @@ def model_config() -> ml_collections.ConfigDict:
       # Feed the temporal branch the earlier dates matched band by band (gain and offset) to the
       # cloudy date's clear pixels, instead of as they are.
       match_history=False,
+      # Fit the prior and the matching robustly (iteratively reweighted least squares, Huber then
+      # Tukey: pixels of cloud, haze or shadow that no mask caught get no weight) instead of by
+      # least squares.
+      robust_prior=False,
       # What the head outputs: "image" (reference: the fused image), "residual" (a correction
       # added to the temporal branch's image) or "affine" (per pixel and band, a gain of the
       # cloudy image against the temporal one, a contrast gain and an offset; see
@@ -170,6 +184,7 @@ def plus(config: ml_collections.ConfigDict) -> None:
   config.data.s2_normalization = "reflectance"
   config.model.temporal_prior = "matched_multiscale"
   config.model.match_history = True
+  config.model.robust_prior = True
   config.model.head_inputs = "branches+cloudy"
   config.model.head_output = "affine"
   config.model.calibrate_temporal = True

@@ -57,6 +57,16 @@ def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
                        devices=devices)
 
 
+def config_mesh(config, devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """The mesh of a run: over `devices`, else the first `train.num_devices` of every process's
+  devices (-1: all), checked to split `config.batch_size` evenly."""
+  if devices is None and config.train.num_devices > 0:
+    devices = jax.devices()[:config.train.num_devices]
+  mesh = make_mesh(devices)
+  check_batch_size(config.batch_size, mesh)
+  return mesh
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 

@@ -17,9 +17,9 @@ evaluate.py expect, with symbolic links only (the sample is never copied or modi
     test/        the test zone, every patch
 
 then trains the variant in its CPU size (`configs/plfm.py:small,<variant>`), evaluates the best
-checkpoints on `validation` and `test` (whole 256 px patches, simulated clouds, every baseline),
-and writes a report of this run to `--results`: both tables, the exact commands, their wall
-times and the machine. `<workdir>/eval/{validation,test}/summary.json` hold every number, and
+checkpoints on `validation` and `test` (whole 256 px patches, simulated clouds, every baseline,
+every scenario of what the methods are told of the clouds) and writes a report of this run to
+`--results`: the tables, the exact commands, their wall times and the machine. `<workdir>/eval/{validation,test}/summary.json` hold every number, and
 `<workdir>/run.json` what the report says about the run. Rerunning with the same workdir
 resumes training where it stopped; the reported times are those of the rerun then, and the
 report says so. Extra `--config.x=y` arguments go to both train.py and evaluate.py.
@@ -135,7 +135,7 @@ def shortfalls(means: Mapping[str, Mapping[str, float]], method: str, metric: st
 
 def verdict(means: Mapping[str, Mapping[str, float]]) -> str:
   """Whether PLFM fused and composite beat the gap-filling baselines (and the stronger
-  references) on cloud-area PSNR and SSIM, in words."""
+  references) on cloud-area PSNR and SSIM, in words; `means` of one scenario."""
   lines = []
   for method in ("plfm_fused", "plfm_composite"):
     for metric, label in (("psnr_cloud", "cloud-area PSNR"), ("ssim_cloud", "cloud-area SSIM")):
@@ -165,24 +165,28 @@ def run_markdown(record: Mapping[str, Any], summaries: Mapping[str, dict]) -> st
   test, config = summaries["test"], record["config"]
   clouds, model, train = test["clouds"], config["model"], config["train"]
   low, high = clouds["coverage_range"]
+  lead = test["scenarios"][0]
   host = record["machine"]
   total = sum(c["seconds"] for c in record["commands"])
   commands = "\n".join(f"{shlex.join(c['argv'])}   # {c['name']}: {c['seconds'] / 60:.1f} min"
                        for c in record["commands"])
   tables = "\n".join(
-      f"### {split} ({summaries[split]['num_samples']} series)\n\n"
-      + report.markdown_table(summaries[split]["metrics"], baselines.LABELS)
-      for split in ("test", "validation"))
+      f"### {split} ({summaries[split]['num_samples']} series), scenario `{scenario}`: "
+      f"{report.SCENARIO_TITLES[scenario]}\n\n"
+      + report.markdown_table(summaries[split]["metrics"][scenario], baselines.LABELS)
+      for split in ("test", "validation") for scenario in summaries[split]["scenarios"])
   return f"""# `{config['variant']}`: train on {', '.join(record['train_zones'])}, test on {record['test_zone']}
 
 Metrics in reflectance (clip(x / 10000, 0, 1)) on whole {test['image_size']} px patches under
-simulated clouds (seed {clouds['seed']}, coverage drawn from {low:.0%}-{high:.0%} per sample;
-measured mean on the test zone {clouds['mean_coverage']:.1%}); every method sees the same clouds.
+simulated clouds, haze and shadows (seed {clouds['seed']}, coverage drawn from {low:.0%}-{high:.0%}
+per sample; measured mean on the test zone {clouds['mean_coverage']:.1%}); every method sees the
+same clouds and, in each scenario, the same mask; cloud-area metrics cover everything the clouds
+changed.
 
 {tables}
-**Under the clouds, on the test zone:**
+**Under the clouds, on the test zone, scenario `{lead}`:**
 
-{verdict(test['metrics'])}
+{verdict(test['metrics'][lead])}
 
 - model: ConvLSTM {tuple(model['temporal_features'])}, generator {model['generator_features']},
   discriminator {model['discriminator_features']}, head {model['head_features']}; norm

@@ -6,9 +6,12 @@
 Each run is one `scripts/real_sample_results.py` call (train on one zone of the real sample,
 evaluate on the held-out patches of that zone and on the other zone) in `<root>/<run>/`; a run
 whose evaluation is already there is not repeated (unless `--rerun`). Then docs/results.md is
-written from every run's summaries: the main tables (every baseline, both variants, both
-directions), the verdicts, the choice of the prior's scales (`scripts/prior_selection.py` on
-both `plus` runs' validation patches, kept in `<root>/prior_selection.json`) and the ablation of
+written from every run's summaries: the scenarios side by side (the tool's own detection first,
+the exact mask as the upper bound, a QA60-like mask, a clouded earlier date), the main tables
+(every baseline, both variants, both directions), the verdicts, the choice of the detector's
+thresholds (`scripts/detection_selection.py`, on validation patches, kept in
+`<root>/detection_selection.json`) and of the prior's scales (`scripts/prior_selection.py` on both
+`plus` runs' validation patches, kept in `<root>/prior_selection.json`), and the ablation of
 `plus` (one switch reverted per run, trained on zone_9_a), with validation and test numbers side
 by side. Settings are chosen on the validation columns; the test columns are reported, never
 used to choose.
@@ -34,7 +37,8 @@ from plfm_jax.evaluation import baselines, report
 from plfm_jax.models import gapfill
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import prior_selection  # noqa: E402  (sibling scripts)
+import detection_selection  # noqa: E402  (sibling scripts)
+import prior_selection  # noqa: E402
 import real_sample_results  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -84,6 +88,8 @@ ABLATION = {
         ("no-keep-clear", ("--config.model.keep_clear_pixels=False",),
          "fused image drawn by the head everywhere, clear pixels included",
          ("temporal", "gan")),
+        ("least-squares-prior", ("--config.model.robust_prior=False",),
+         "prior and matching fitted by least squares, not robustly", ("gan",)),
         ("prior-matched_regression", ("--config.model.temporal_prior=matched_regression",),
          "prior: matched regression of the dates as they are, not split by spatial scale",
          ("gan",)),
@@ -144,26 +150,74 @@ def execute(name: str, run: Run, root: pathlib.Path, sample_root: pathlib.Path) 
   subprocess.run(command, cwd=REPO, check=True)
 
 
-def main_table(results: Mapping[str, dict], train: str, test: str) -> str:
+# The scenario the report leads with (the masks users have) and the upper bound.
+LEAD, EXACT, CLOUDED = "detected", "exact", "history_clouded"
+
+
+def main_table(results: Mapping[str, dict], train: str, test: str, scenario: str) -> str:
   """Baselines (from the plus run) and both variants' model outputs on the test zone."""
-  plus = results[f"plus_{train}-{test}"]["test"]["metrics"]
-  paper = results[f"paper_{train}-{test}"]["test"]["metrics"]
+  plus = results[f"plus_{train}-{test}"]["test"]["metrics"][scenario]
+  paper = results[f"paper_{train}-{test}"]["test"]["metrics"][scenario]
   rows = {baselines.LABELS[m]: plus[m] for m in baselines.BATCH_BASELINES}
   rows.update({f"`paper` {baselines.LABELS[m]}": paper[m] for m in MODEL_METHODS})
   rows.update({f"`plus` {baselines.LABELS[m]}": plus[m] for m in MODEL_METHODS})
   return report.markdown_table(rows, {}, COLUMNS)
 
 
-def verdicts(results: Mapping[str, dict], train: str, test: str) -> str:
+def scenario_table(results: Mapping[str, dict], train: str, test: str) -> str:
+  """Cloud-area PSNR of every baseline and both variants' fused image in every scenario, and
+  how the mask given compares with the exact one."""
+  plus, paper = (results[f"{v}_{train}-{test}"]["test"] for v in ("plus", "paper"))
+  scenarios = plus["scenarios"]
+  columns = [(s, f"`{s}` PSNR cloud", 2) for s in scenarios]
+  rows = {baselines.LABELS[m]: {s: plus["metrics"][s][m]["psnr_cloud"] for s in scenarios}
+          for m in baselines.BATCH_BASELINES if m != "cloudy_input"}
+  rows["`paper` PLFM fused"] = {s: paper["metrics"][s]["plfm_fused"]["psnr_cloud"]
+                                for s in scenarios}
+  for method in ("temporal_branch", "plfm_fused"):
+    rows[f"`plus` {baselines.LABELS[method]}"] = {
+        s: plus["metrics"][s][method]["psnr_cloud"] for s in scenarios}
+  masks = plus["masks"]
+  mask_line = "; ".join(
+      f"`{s}` {masks['mask_recall'][s]:.1%} of the exact mask, "
+      f"{masks['mask_false_alarm'][s]:.2%} of the rest" for s in scenarios)
+  return (report.markdown_table(rows, {}, columns)
+          + f"\nThe masks given hold: {mask_line}.\n")
+
+
+def done_when(results: Mapping[str, dict], train: str, test: str) -> str:
+  """The real-scenes criteria, measured: detection against the exact mask, every baseline under
+  the same masks, a clouded earlier date against clear ones."""
+  metrics = results[f"plus_{train}-{test}"]["test"]["metrics"]
+  fused = lambda s: metrics[s]["plfm_fused"]["psnr_cloud"]
+  lines = [f"- With the tool's own detection, `plus` fused reaches {fused(LEAD):.2f} dB, "
+           f"{fused(LEAD) - fused(EXACT):+.2f} dB from its exact-mask score {fused(EXACT):.2f} "
+           f"({'within' if fused(EXACT) - fused(LEAD) <= 1.5 else '**not** within'} 1.5 dB)."]
+  for scenario in (LEAD, EXACT):
+    missed = [m for metric in ("psnr_cloud", "ssim_cloud")
+              for m in real_sample_results.shortfalls(metrics[scenario], "plfm_fused", metric,
+                                                      real_sample_results.GAP_FILLING)]
+    lines.append(f"- Given the `{scenario}` mask, `plus` fused " + (
+        "beats every gap-filling baseline given the same mask on cloud-area PSNR and SSIM."
+        if not missed else "does **not** beat " + ", ".join(
+            baselines.LABELS[m] for m in dict.fromkeys(missed)) + " given the same mask."))
+  gap = fused(CLOUDED) - fused(LEAD)
+  lines.append(f"- With the latest earlier date clouded too (no mask given), `plus` fused "
+               f"reaches {fused(CLOUDED):.2f} dB, {gap:+.2f} dB from the clear-history score "
+               f"({'within' if gap >= -1 else '**not** within'} 1 dB).")
+  return "\n".join(lines)
+
+
+def verdicts(results: Mapping[str, dict], train: str, test: str, scenario: str) -> str:
   lines = []
   # The baselines as in the table (from the plus run; the same clouds on the same samples).
-  plus_means = results[f"plus_{train}-{test}"]["test"]["metrics"]
+  plus_means = results[f"plus_{train}-{test}"]["test"]["metrics"][scenario]
   for variant in ("plus", "paper"):
-    means = {**results[f"{variant}_{train}-{test}"]["test"]["metrics"],
+    means = {**results[f"{variant}_{train}-{test}"]["test"]["metrics"][scenario],
              **{m: plus_means[m] for m in baselines.BATCH_BASELINES}}
     lines.append(f"`{variant}`:\n\n{real_sample_results.verdict(means)}")
-  temporal = results[f"plus_{train}-{test}"]["test"]["metrics"]
-  persistence, branch = temporal["persistence"]["psnr_cloud"], temporal["temporal_branch"]["psnr_cloud"]
+  persistence = plus_means["persistence"]["psnr_cloud"]
+  branch = plus_means["temporal_branch"]["psnr_cloud"]
   lines.append(f"`plus` temporal branch alone, cloud-area PSNR {branch:.2f} against persistence "
                f"{persistence:.2f}: {'at least as good' if branch >= persistence else 'worse'}.")
   return "\n\n".join(lines)
@@ -189,12 +243,12 @@ def ablation_table(results: Mapping[str, dict]) -> str:
       label += f" (reuses `plus`'s {', '.join(run.reuse)} stage{'s' * (len(run.reuse) > 1)})"
     cells = [f"`{name.removesuffix(f'_{A}-{B}')}`", label]
     for split in ("validation", "test"):
-      fused = results[name][split]["metrics"]["plfm_fused"]
-      base = reference[split]["metrics"]["plfm_fused"]["psnr_cloud"]
+      fused = results[name][split]["metrics"][LEAD]["plfm_fused"]
+      base = reference[split]["metrics"][LEAD]["plfm_fused"]["psnr_cloud"]
       cells += [f"{fused['psnr_cloud']:.2f}", f"{fused['psnr_cloud'] - base:+.2f}",
                 f"{fused['ssim_cloud']:.4f}"]
-    change = (results[name]["validation"]["metrics"]["plfm_fused"]["psnr_cloud"]
-              - reference["validation"]["metrics"]["plfm_fused"]["psnr_cloud"])
+    change = (results[name]["validation"]["metrics"][LEAD]["plfm_fused"]["psnr_cloud"]
+              - reference["validation"]["metrics"][LEAD]["plfm_fused"]["psnr_cloud"])
     cells.append("" if name == f"plus_{A}-{B}" else
                  "helps" if change < -NOISE_DB else "hurts" if change > NOISE_DB else
                  f"no clear effect (within {NOISE_DB} dB)")
@@ -217,7 +271,8 @@ def _calibration_text(results: Mapping[str, dict]) -> str:
   parts = []
   for train, test in ((A, B), (B, A)):
     run = results.get(f"plus_{train}-{test}")
-    weights = run and [run[split].get("temporal_calibration") for split in ("validation", "test")]
+    weights = run and [run[split]["temporal_calibration"].get(LEAD)
+                       for split in ("validation", "test")]
     if weights and None not in weights:
       parts.append(f"{weights[1]:.2f} on {test} ({weights[0]:.2f} on {train}'s validation "
                    "patches)")
@@ -229,7 +284,7 @@ def _shortfall_text(results: Mapping[str, dict]) -> str:
   how it stands against its own prior."""
   missed, against_prior = [], []
   for train, test in ((A, B), (B, A)):
-    means = results[f"plus_{train}-{test}"]["test"]["metrics"]
+    means = results[f"plus_{train}-{test}"]["test"]["metrics"][LEAD]
     for method in ("plfm_fused", "plfm_composite"):
       for metric, name in (("psnr_cloud", "PSNR"), ("ssim_cloud", "SSIM")):
         for other in real_sample_results.shortfalls(means, method, metric,
@@ -240,14 +295,15 @@ def _shortfall_text(results: Mapping[str, dict]) -> str:
     prior = means["matched_multiscale"]["psnr_cloud"]
     against_prior.append(f"{means['plfm_fused']['psnr_cloud'] - prior:+.2f} dB in "
                          f"{train} -> {test}")
-  prior_text = ("Against its own prior, fused cloud-area PSNR differs by "
+  prior_text = ("Against its own prior, fused cloud-area PSNR (detected masks) differs by "
                 f"{' and '.join(against_prior)}.")
   if missed:
     return "Where `plus` falls short of a gap-filling baseline: " + "; ".join(missed) + (
         ". " + prior_text)
-  return ("In both directions `plus` fused and composite beat every gap-filling baseline "
-          "(persistence, the temporal mean and median, matched persistence and matched "
-          f"temporal mean) on cloud-area PSNR and SSIM. {prior_text}")
+  return ("With the masks the tool finds, in both directions `plus` fused and composite beat "
+          "every gap-filling baseline (persistence, the temporal mean and median, matched "
+          "persistence and matched temporal mean) given the same masks, on cloud-area PSNR and "
+          f"SSIM. {prior_text}")
 
 
 def selection_markdown(selection: Mapping[str, dict]) -> str:
@@ -270,8 +326,23 @@ The test zones are not read.
 """
 
 
+def detection_markdown(detection: Mapping[str, object]) -> str:
+  """The section on how the detector's thresholds were chosen."""
+  return f"""## How the detector's thresholds were chosen (validation patches only)
+
+`scripts/detection_selection.py` detects the simulated clouds, haze and shadows of both zones'
+validation patches (the scenarios `detected` and `history_clouded`) with the default thresholds
+and with each threshold made stricter or looser, fills what was found with `plus`'s prior and
+scores cloud-area PSNR over everything the clouds changed. A candidate replaces the default only
+if its mean beats the default's by more than {detection_selection.NOISE_DB} dB: chosen
+**{detection['chosen']}**. The test patches are not read.
+
+{detection_selection.markdown(detection['scores'])}
+"""
+
+
 def results_markdown(results: Mapping[str, dict], host: Mapping[str, str],
-                     selection: Mapping[str, dict]) -> str:
+                     selection: Mapping[str, dict], detection: Mapping[str, object]) -> str:
   any_run = next(iter(results.values()))
   clouds = any_run["test"]["clouds"]
   low, high = clouds["coverage_range"]
@@ -280,11 +351,17 @@ def results_markdown(results: Mapping[str, dict], host: Mapping[str, str],
     if f"plus_{train}-{test}" not in results or f"paper_{train}-{test}" not in results:
       continue
     plus = results[f"plus_{train}-{test}"]
+    lead = plus["test"]["metrics"][LEAD]
     sections.append(
         f"## Train on {train} ({SEASONS[train]}), test on {test} ({SEASONS[test]})\n\n"
-        f"{plus['test']['num_samples']} test series; best baseline under the clouds: "
-        f"{_baseline_line(plus['test']['metrics'])}.\n\n"
-        f"{main_table(results, train, test)}\n{verdicts(results, train, test)}\n")
+        f"{plus['test']['num_samples']} test series.\n\n"
+        f"### Every scenario, cloud-area PSNR\n\n{scenario_table(results, train, test)}\n"
+        f"{done_when(results, train, test)}\n\n"
+        f"### The tool's own detection (no mask given)\n\nBest baseline under the clouds: "
+        f"{_baseline_line(lead)}.\n\n{main_table(results, train, test, LEAD)}\n"
+        f"{verdicts(results, train, test, LEAD)}\n\n"
+        f"### The exact mask (the upper bound)\n\n{main_table(results, train, test, EXACT)}\n"
+        f"{verdicts(results, train, test, EXACT)}\n")
   minutes = {name: r["minutes"] for name, r in results.items()}
   plus_minutes = max(minutes[n] for n in MAIN if n in minutes and n.startswith("plus"))
   calibration = _calibration_text(results)
@@ -297,18 +374,27 @@ test image is of a season the model never saw. Each training zone holds out its 
 highest-numbered patches for validation (early stopping, checkpoint choice and the choice of
 settings below); the test zone influences nothing before its evaluation.
 
-- Clouds: simulated on the last date with seed {clouds['seed']} (opaque and thin clouds and
-  their shadows, coverage drawn from {low:.0%}-{high:.0%} per sample); every method of a table
-  sees the same clouds on the same samples. The cloud mask covers clouds and shadows.
+- Clouds: simulated on the last date with seed {clouds['seed']}: opaque and thin clouds, a
+  margin of haze around each that fades out to nothing (beyond what any detector sees), and
+  soft-edged shadows; coverage drawn from {low:.0%}-{high:.0%} per sample. Every method of a
+  table sees the same clouds on the same samples.
+- Scenarios, what every method is told of the clouds: `detected` (nothing: the tool's own
+  detection, `plfm_jax/masks/detect.py`, which is what users have), `exact` (the exact mask of
+  every pixel the clouds changed: the upper bound), `qa60` (the opaque cores only, as QA60
+  flags them, with the tool's detection), `history_clouded` (nothing, and the latest earlier date
+  carries clouds of its own). The baselines get the earlier dates as given and the same mask as
+  the model.
 - Metrics: in reflectance, clip(x / 10000, 0, 1), data range 1 (as UnCRtainTS and
-  SEN12MS-CR-TS report), on whole 256 px patches; `cloud` = pixels under the mask only,
-  `clear` = the others. `paper` works in per-image min-max normalisation; its outputs are
+  SEN12MS-CR-TS report), on whole 256 px patches; `cloud` = every pixel the clouds, their haze
+  and shadows changed, whatever mask the methods were given (a mask that misses haze pays for
+  it), `clear` = the others. `paper` works in per-image min-max normalisation; its outputs are
   mapped back to reflectance with the cloudy date's own (cloud-free) minimum and maximum,
   which favours it slightly. Every summary also holds the metrics in the model's own
   normalisation (`normalized_*`).
 - Baselines (`plfm_jax/models/gapfill.py`): persistence (the latest earlier date), temporal mean
-  and median, and the same matched to the cloudy date: a gain and an offset per band fitted by
-  least squares on the cloudy date's clear pixels (matched persistence, matched temporal mean).
+  and median, and the same matched to the cloudy date: a gain and an offset per band fitted
+  robustly (iteratively reweighted least squares, Huber then Tukey) on the pixels the mask calls
+  clear (matched persistence, matched temporal mean).
   Two stronger references go further: every band of every earlier date as regressors (matched
   regression), and the same with every date split into spatial frequency bands, each with gains
   of its own (matched multi-scale regression, the prior `plus` starts from).
@@ -317,12 +403,16 @@ settings below); the test zone influences nothing before its evaluation.
   steps per stage); a `plus` run takes at most {plus_minutes:.0f} minutes on 2 CPU cores.
 
 {chr(10).join(sections)}
+{detection_markdown(detection)}
 {selection_markdown(selection)}
 ## Ablation of `plus` (train zone_9_a, validation on its held-out patches, test zone_9_b)
 
 Each row reverts one switch of `plus` to the reference (or picks an alternative); PLFM fused,
-cloud area. Δ is against `plus` as configured. The switches were chosen on the validation
-columns.
+cloud area, masks found by the tool (scenario `detected`). Δ is against `plus` as configured.
+The switches were chosen on the validation columns. Rows missing here were not rerun with
+this version of the tool (`--only=<run>` reruns one); their last numbers, for the previous
+version (clouds ending at their mask, least-squares fits, the exact mask), are in this file's
+history.
 
 {ablation_table(results)}
 
@@ -395,9 +485,14 @@ def main(argv: list[str]) -> None:
     real_sample_results.run([sys.executable, str(REPO / "scripts" / "prior_selection.py"),
                              f"--workdirs={root / f'plus_{A}-{B}'},{root / f'plus_{B}-{A}'}",
                              f"--out={selection_file}"])
+  detection_file = root / "detection_selection.json"
+  if FLAGS.rerun or not detection_file.is_file():
+    real_sample_results.run([sys.executable, str(REPO / "scripts" / "detection_selection.py"),
+                             f"--sample_root={FLAGS.sample_root}", f"--out={detection_file}"])
   selection = json.loads(selection_file.read_text())
+  detection = json.loads(detection_file.read_text())
   report.write_text(FLAGS.results, results_markdown(results, real_sample_results.machine(),
-                                                    selection))
+                                                    selection, detection))
   print(f"wrote {FLAGS.results}")
 
 

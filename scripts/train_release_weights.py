@@ -53,14 +53,16 @@ def main(argv: list[str]) -> None:
   real_sample_results.run([python, "evaluate.py", *common, "--split", "validation",
                            "--overwrite"])
   summary = report.read_summary(workdir / "eval" / "validation" / "summary.json")
-  fused = summary["metrics"]["plfm_fused"]
+  lead = summary["scenarios"][0]
+  fused = summary["metrics"][lead]["plfm_fused"]
   held_out = "; ".join(f"{zone} patches {', '.join(map(str, patches))}"
                        for zone, patches in splits["validation"].items())
   description = (
       f"configs/plfm.py:{VARIANT}, seed 0, trained by scripts/train_release_weights.py on the "
       f"real sample's {' and '.join(ZONES)} (one place, Jan-Aug, RGB + VV, 10 m), held out for "
       f"validation: {held_out}. Validation cloud-area PSNR {fused['psnr_cloud']:.2f} dB, "
-      f"SSIM {fused['ssim_cloud']:.4f} under simulated clouds. See docs/weights.md.")
+      f"SSIM {fused['ssim_cloud']:.4f} under simulated clouds, haze and shadows, masks found by "
+      f"the tool (scenario {lead}). See docs/weights.md.")
   exported = weights.export(workdir, out, description=description)
   print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB): {exported.metadata['description']}")
   example = example_panel(exported, workdir / "raw" / "validation", workdir / "example",
@@ -82,12 +84,11 @@ def example_panel(exported: weights.Weights, validation_root: pathlib.Path,
     folder = scratch / zone
     folder.mkdir(parents=True, exist_ok=True)
     truth = tifffile.imread(series.rgb[-1])
-    cloudy, mask = simulate_clouds(s2_reflectance(truth), rng, coverage=0.4)
+    cloudy, _, _ = simulate_clouds(s2_reflectance(truth), rng, coverage=0.4, haze_margin=0.1)
+    # No mask given: the tool finds the clouds, haze and shadows itself.
     inputs = scene.SceneInputs(
-        cloudy=folder / "cloudy.tif", history=tuple(series.rgb[:-1]), sar=series.s1[-1],
-        qa60=folder / "qa60.tif")
+        cloudy=folder / "cloudy.tif", history=tuple(series.rgb[:-1]), sar=series.s1[-1])
     tifffile.imwrite(inputs.cloudy, np.rint(cloudy * REFLECTANCE_SCALE).astype(np.uint16))
-    tifffile.imwrite(inputs.qa60, mask.astype(np.uint16) << 10)
     scene.predict_scene(inputs, folder / "restored.tif", model, overwrite=True, progress=False)
     for name, image in zip(columns, (inputs.cloudy, series.rgb[-2], folder / "restored.tif",
                                      series.rgb[-1])):

@@ -37,7 +37,7 @@ def test_fractal_noise_is_seeded():
 def test_mask_coverage_matches_the_request(coverage, shadows):
   image = np.random.default_rng(0).random((128, 128, 3), dtype=np.float32)
   for seed in range(5):
-    _, mask = simulate_clouds(image, np.random.default_rng(seed), coverage=coverage,
+    _, mask, _ = simulate_clouds(image, np.random.default_rng(seed), coverage=coverage,
                               shadows=shadows)
     assert mask.dtype == bool and mask.shape == (128, 128)
     assert abs(mask.mean() - coverage) < 0.01
@@ -53,21 +53,21 @@ def test_coverage_range_is_drawn_per_call():
 @pytest.mark.parametrize("coverage", [0.0, (0.0, 0.0)])
 def test_zero_coverage_leaves_the_image_unchanged(coverage):
   image = np.random.default_rng(0).random((32, 48, 3))
-  cloudy, mask = simulate_clouds(image, np.random.default_rng(0), coverage=coverage)
+  cloudy, mask, _ = simulate_clouds(image, np.random.default_rng(0), coverage=coverage)
   assert cloudy.dtype == np.float32 and not mask.any()
   np.testing.assert_array_equal(cloudy, image.astype(np.float32))
 
 
 def test_only_masked_pixels_change_and_output_stays_in_unit_range():
   image = np.random.default_rng(0).random((96, 80, 3), dtype=np.float32)
-  cloudy, mask = simulate_clouds(image, np.random.default_rng(1), coverage=0.5)
+  cloudy, mask, _ = simulate_clouds(image, np.random.default_rng(1), coverage=0.5)
   assert cloudy.dtype == np.float32 and cloudy.min() >= 0.0 and cloudy.max() <= 1.0
   np.testing.assert_array_equal(cloudy[~mask], image[~mask])
   assert (cloudy[mask] != image[mask]).any(axis=-1).all()
 
 
 def test_opaque_clouds_are_bright_bluish_white_and_shadows_darken():
-  cloudy, mask = simulate_clouds(_grey(), np.random.default_rng(3), coverage=0.5, thin_fraction=0.0)
+  cloudy, mask, _ = simulate_clouds(_grey(), np.random.default_rng(3), coverage=0.5, thin_fraction=0.0)
   brighter = mask & (cloudy.mean(-1) > GREY)
   darker = mask & (cloudy.mean(-1) < GREY)
   assert (brighter | darker)[mask].all()
@@ -86,7 +86,7 @@ def test_thin_clouds_let_the_ground_through():
   black = np.zeros((96, 96, 3), np.float32)
 
   def mean_cloud(thin_fraction: float) -> float:
-    cloudy, mask = simulate_clouds(black, np.random.default_rng(4), coverage=0.4,
+    cloudy, mask, _ = simulate_clouds(black, np.random.default_rng(4), coverage=0.4,
                                    thin_fraction=thin_fraction, shadows=False)
     return float(cloudy[mask].mean())
 
@@ -94,7 +94,7 @@ def test_thin_clouds_let_the_ground_through():
 
 
 def test_without_shadows_nothing_gets_darker():
-  cloudy, mask = simulate_clouds(_grey(), np.random.default_rng(5), coverage=0.4, shadows=False)
+  cloudy, mask, _ = simulate_clouds(_grey(), np.random.default_rng(5), coverage=0.4, shadows=False)
   assert (cloudy[mask] > GREY).all()
 
 
@@ -111,7 +111,7 @@ def test_same_rng_state_same_clouds():
 @pytest.mark.parametrize("shape", [(700, 913, 3), (64, 64, 1), (5, 37, 4), (1, 1, 2)])
 def test_any_shape_and_channel_count(shape):
   image = np.random.default_rng(0).random(shape, dtype=np.float32)
-  cloudy, mask = simulate_clouds(image, np.random.default_rng(0), coverage=0.3)
+  cloudy, mask, _ = simulate_clouds(image, np.random.default_rng(0), coverage=0.3)
   assert cloudy.shape == shape and mask.shape == shape[:2]
   if mask.size >= 64 * 64:
     assert abs(mask.mean() - 0.3) < 0.01
@@ -127,3 +127,25 @@ def test_rejects_out_of_range_arguments(kwargs):
 def test_rejects_images_without_a_channel_axis():
   with pytest.raises(ValueError, match="H, W, C"):
     simulate_clouds(np.zeros((8, 8), np.float32), np.random.default_rng(0))
+
+
+def test_haze_fades_out_beyond_what_a_detector_sees():
+  image = np.full((128, 128, 3), 0.05, np.float32)
+  cloudy, mask, opaque = simulate_clouds(image, np.random.default_rng(2), coverage=0.4,
+                                         haze_margin=0.1, shadows=False)
+  assert abs(mask.mean() - 0.4) < 0.01
+  change = np.abs(cloudy - image).max(axis=-1)
+  # Every masked pixel changed, and only those; a good share of them by less than 0.01.
+  assert (change[mask] > 0).all() and (change[~mask] == 0).all()
+  assert 0.05 < (change[mask] < 0.01).mean() < 0.5
+  # The opaque cores lie inside, far brighter than the haze around them.
+  assert opaque.any() and not (opaque & ~mask).any()
+  assert cloudy[opaque].mean() > 0.75 > 0.2 > cloudy[mask & ~opaque & (change < 0.05)].mean()
+
+
+def test_without_haze_margin_clouds_end_visibly_at_their_mask():
+  image = np.full((96, 96, 3), 0.05, np.float32)
+  cloudy, mask, _ = simulate_clouds(image, np.random.default_rng(3), coverage=0.4,
+                                    haze_margin=0.0, shadows=False)
+  # The faintest cloud pixel has alpha 0.1: a change of about 0.08 over this dark ground.
+  assert np.abs(cloudy - image).max(axis=-1)[mask].min() > 0.05

@@ -87,15 +87,18 @@ def read_rows(path: pathlib.Path) -> list[dict[str, str]]:
     return list(csv.DictReader(f))
 
 
-def by_method(rows: list[dict[str, str]], method: str) -> list[dict[str, str]]:
-  return sorted((r for r in rows if r["method"] == method), key=lambda r: int(r["index"]))
+def by_method(rows: list[dict[str, str]], method: str,
+              scenario: str = "exact") -> list[dict[str, str]]:
+  return sorted((r for r in rows if r["method"] == method and r["scenario"] == scenario),
+                key=lambda r: int(r["index"]))
 
 
 @pytest.fixture(scope="module")
 def cli_output(trained) -> pathlib.Path:
   """evaluate.py on the test split in batches of 2 over 2 devices: the last batch is padded."""
   workdir, tfds_dir = trained
-  out = run(*evaluate_command(workdir, tfds_dir, "--num_panels", "5"), devices=2)
+  out = run(*evaluate_command(workdir, tfds_dir, "--num_panels", "5",
+                              "--scenarios", "exact,detected"), devices=2)
   assert out.returncode == 0, out.stderr[-3000:]
   assert "PLFM fused" in out.stdout
   return workdir / "eval" / "test"
@@ -103,8 +106,10 @@ def cli_output(trained) -> pathlib.Path:
 
 def test_writes_every_output(cli_output):
   rows = read_rows(cli_output / "per_sample.csv")
-  assert len(rows) == NUM_TEST * len(baselines.METHODS)
-  assert list(rows[0])[:5] == ["index", "sample", "cloud_coverage", "temporal_calibration", "method"]
+  assert len(rows) == 2 * NUM_TEST * len(baselines.METHODS)
+  assert list(rows[0])[:9] == ["scenario", "index", "sample", "cloud_coverage", "mask_coverage",
+                               "mask_false_alarm", "mask_recall", "temporal_calibration", "method"]
+  assert {r["scenario"] for r in rows} == {"exact", "detected"}
   for metric in ("psnr", "ssim", "sam", "rmse", "mae", "psnr_cloud", "ssim_clear",
                  "shifted_psnr", "shifted_ssim", "shifted_uqi", "shifted_cc"):
     assert metric in rows[0]
@@ -117,7 +122,12 @@ def test_writes_every_output(cli_output):
   summary = json.loads((cli_output / "summary.json").read_text())
   assert summary["num_samples"] == NUM_TEST and summary["split"] == "test"
   assert summary["config_variant"] == "demo"
-  assert set(summary["metrics"]) == set(baselines.METHODS)
+  assert summary["scenarios"] == ["exact", "detected"]
+  assert all(set(summary["metrics"][s]) == set(baselines.METHODS) for s in summary["scenarios"])
+  # The exact mask is the truth; the detection holds most of it and little else.
+  assert summary["masks"]["mask_recall"]["exact"] == 1
+  assert summary["masks"]["mask_false_alarm"]["exact"] == 0
+  assert summary["masks"]["mask_recall"]["detected"] > 0.5
   assert summary["clouds"]["seed"] == 0 and summary["clouds"]["coverage_range"] == [0.2, 0.6]
   coverage = np.mean([float(r["cloud_coverage"]) for r in by_method(rows, "plfm_fused")])
   assert summary["clouds"]["mean_coverage"] == pytest.approx(coverage, abs=1e-4)
@@ -126,17 +136,19 @@ def test_writes_every_output(cli_output):
   # The demo (plus) calibrates its temporal correction: the weights it got, per sample.
   calibration = [float(r["temporal_calibration"]) for r in by_method(rows, "plfm_fused")]
   assert all(0 <= c <= 1 for c in calibration)
-  assert summary["temporal_calibration"] == pytest.approx(np.mean(calibration), abs=1e-4)
+  assert summary["temporal_calibration"]["exact"] == pytest.approx(np.mean(calibration), abs=1e-4)
   assert summary["timing"]["total_seconds"] > 0 and summary["timing"]["device"] == "2 x cpu"
   # Means in the summary are the means of the per-sample values.
   fused = by_method(rows, "plfm_fused")
-  assert summary["metrics"]["plfm_fused"]["psnr_cloud"] == pytest.approx(
+  assert summary["metrics"]["exact"]["plfm_fused"]["psnr_cloud"] == pytest.approx(
       np.mean([float(r["psnr_cloud"]) for r in fused]), rel=1e-5)
 
   table = (cli_output / "summary.md").read_text()
   assert "| PLFM fused |" in table and "**" in table and "FID: not computed" in table
-  panels = sorted(p.name for p in (cli_output / "panels").iterdir())
-  assert panels == ["samples_0000-0003.png", "samples_0004-0004.png"]
+  assert table.index("## Scenario `exact`") < table.index("## Scenario `detected`")
+  for scenario in ("exact", "detected"):
+    panels = sorted(p.name for p in (cli_output / "panels" / scenario).iterdir())
+    assert panels == ["samples_0000-0003.png", "samples_0004-0004.png"]
   assert not list(cli_output.parent.glob(".*")), "temporary folder left behind"
 
 
@@ -157,7 +169,7 @@ def test_same_samples_and_clouds_for_any_batch_size_and_devices(trained, cli_out
   samples under the same clouds as batches of 2 on two devices."""
   workdir, tfds_dir = trained
   summary = evaluation.evaluate(config(tfds_dir, batch_size=4), workdir, split=f"test[:{NUM_TEST}]",
-                                num_panels=0)
+                                scenarios=("exact",), num_panels=0)
   out = workdir / "eval" / "test_-5"
   assert summary["num_samples"] == NUM_TEST and (out / "summary.json").is_file()
   assert not (out / "panels").exists()
@@ -171,14 +183,15 @@ def test_same_samples_and_clouds_for_any_batch_size_and_devices(trained, cli_out
     for a, b in zip(by_method(rows, method), by_method(reference, method), strict=True):
       assert (a["index"], a["sample"], a["cloud_coverage"]) == (
           b["index"], b["sample"], b["cloud_coverage"])
-      metrics = [k for k in a if k not in ("index", "sample", "cloud_coverage", "method")]
+      metrics = [k for k in a if k not in ("scenario", "index", "sample", "method")
+                 and not k.endswith("_coverage") and not k.startswith("mask_")]
       assert [float(a[k]) for k in metrics] == pytest.approx([float(b[k]) for k in metrics],
                                                              rel=rel), method
 
   # --overwrite replaces the folder as a whole: no file of the previous run survives.
   evaluation.evaluate(config(tfds_dir, batch_size=4), workdir, split=f"test[:{NUM_TEST}]",
-                      num_panels=1, overwrite=True)
-  assert [p.name for p in (out / "panels").iterdir()] == ["samples_0000-0000.png"]
+                      scenarios=("exact",), num_panels=1, overwrite=True)
+  assert [p.name for p in (out / "panels" / "exact").iterdir()] == ["samples_0000-0000.png"]
 
 
 def test_existing_output_is_refused_without_overwrite(trained, cli_output):
@@ -225,7 +238,7 @@ def test_fid_of_every_method_against_the_ground_truth(trained, tmp_path):
   weights = tmp_path / "inception.npz"
   inception.save_inception(weights, inception.random_params())
   summary = evaluation.evaluate(config(tfds_dir, batch_size=4), workdir, split="validation[:2]",
-                                fid_weights=weights, num_panels=0)
+                                scenarios=("exact",), fid_weights=weights, num_panels=0)
   out = workdir / "eval" / "validation_-2"
   written = json.loads((out / "summary.json").read_text())["fid"]
   assert written == summary["fid"]
@@ -269,12 +282,15 @@ def test_minmax_model_is_scored_in_reflectance_and_in_its_own_normalisation():
   variables = plfm.init(jax.random.key(0), image_size=SIZE, series_length=4)
   batch = random_batch(2, SIZE)
   images, scores, facts = evaluation._make_step(plfm, "minmax")(variables, batch)
-  assert set(facts) == {"cloud_coverage"}  # nothing calibrated in paper
+  # Nothing calibrated in paper.
+  assert set(facts) == {"cloud_coverage", "mask_coverage", "mask_recall", "mask_false_alarm"}
   assert {"psnr_cloud", "ssim_cloud", evaluation.NORMALIZED_PREFIX + "psnr_cloud"} <= set(scores)
   assert all(v.shape == (2, len(baselines.METHODS)) for v in scores.values())
-  # Reflectance scores of the persistence baseline are those of the unscaled earlier date.
+  # Reflectance scores of the persistence baseline are those of the unscaled earlier date where
+  # the mask flags clouds, of the cloudy date elsewhere.
   reflectance = evaluation._reflectance_batch(batch)
-  rmse = np.sqrt(np.mean((reflectance["history"][:, -1] - reflectance["target"])**2, axis=(1, 2, 3)))
+  filled = np.where(batch["cloud_mask"] > 0.5, reflectance["history"][:, -1], reflectance["cloudy"])
+  rmse = np.sqrt(np.mean((filled - reflectance["target"])**2, axis=(1, 2, 3)))
   method = baselines.METHODS.index("persistence")
   np.testing.assert_allclose(scores["rmse"][:, method], rmse, rtol=1e-4)
 
@@ -284,12 +300,13 @@ def test_weights_file_evaluates_like_its_workdir(trained, cli_output, tmp_path):
   exported = weights_lib.export(workdir, tmp_path / "model.msgpack", description="test")
   # The model comes from the weights, whatever the config says of it; the data from the config.
   cfg = config(tfds_dir, **{"model.head_features": 16, "model.head_output": "image"})
-  summary = evaluation.evaluate(cfg, tmp_path / "out", split="test", weights=exported)
+  summary = evaluation.evaluate(cfg, tmp_path / "out", split="test", scenarios=("exact",),
+                                weights=exported)
   assert summary["weights"] == str(exported.path)
   reference = json.loads((cli_output / "summary.json").read_text())
   # (Within the float32 roundings that the model's least-squares fits amplify: the variables
   # are placed differently, so the program is compiled differently.)
   for method in ("plfm_fused", "temporal_branch"):
     for metric in ("psnr_cloud", "ssim_cloud", "sam"):
-      assert summary["metrics"][method][metric] == pytest.approx(
-          reference["metrics"][method][metric], rel=5e-3), (method, metric)
+      assert summary["metrics"]["exact"][method][metric] == pytest.approx(
+          reference["metrics"]["exact"][method][metric], rel=5e-3), (method, metric)

@@ -55,3 +55,19 @@ def test_method_images_in_report_order():
   for method, value in (("temporal_branch", 0.1), ("sar_branch", 0.2), ("plfm_fused", 0.3),
                         ("plfm_composite", 0.4)):
     np.testing.assert_allclose(images[method], value)
+
+
+def test_every_filling_method_keeps_the_cloudy_input_outside_the_mask():
+  batch = hand_made_batch()
+  batch["cloud_mask"][:, 0] = 0  # The first row is called clear.
+  predictions = {k: np.full((2, 2, 2, 3), 0.1, np.float32)
+                 for k in ("temporal", "sar_branch", "fused", "composite")}
+  images = baselines.method_images(batch, predictions)
+  for name, image in images.items():
+    image = np.asarray(image)
+    if name == "plfm_fused":
+      np.testing.assert_allclose(image, 0.1)  # The model's own output, drawn everywhere.
+      continue
+    np.testing.assert_array_equal(image[:, 0], batch["cloudy"][:, 0], err_msg=name)
+    if name != "cloudy_input":
+      assert not np.array_equal(image[:, 1], batch["cloudy"][:, 1]), name

@@ -26,14 +26,15 @@ def test_csv_has_exactly_the_columns_in_order(tmp_path):
 
 
 def test_json_is_strict_and_reads_back(tmp_path):
-  summary = {"metrics": {"a": {"psnr": math.inf, "ssim": math.nan, "sam": 2.5}}, "seed": (1, 2)}
+  summary = {"metrics": {"exact": {"a": {"psnr": math.inf, "ssim": math.nan, "sam": 2.5}}},
+             "seed": (1, 2)}
   path = report.write_json(tmp_path / "summary.json", summary)
   text = path.read_text()
   assert "NaN" not in text and "Infinity" not in text
   data = json.loads(text)
-  assert data["metrics"]["a"] == {"psnr": "inf", "ssim": None, "sam": 2.5}
+  assert data["metrics"]["exact"]["a"] == {"psnr": "inf", "ssim": None, "sam": 2.5}
   assert data["seed"] == [1, 2]
-  back = report.read_summary(path)["metrics"]["a"]
+  back = report.read_summary(path)["metrics"]["exact"]["a"]
   assert back["psnr"] == math.inf and math.isnan(back["ssim"]) and back["sam"] == 2.5
 
 

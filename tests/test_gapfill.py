@@ -1,4 +1,5 @@
-"""Gap-filling methods: the matched baselines against NumPy least squares, fallbacks, gradients."""
+"""Gap-filling methods: the matched baselines against NumPy least squares and a NumPy robust fit
+with outliers, filling cloudy earlier dates, fallbacks, gradients."""
 
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ def numpy_band_fit(source: np.ndarray, target: np.ndarray, clear: np.ndarray) ->
 ])
 def test_matched_baselines_equal_numpy_least_squares(method, source):
   data = series()
-  out = np.asarray(gapfill.METHODS[method](data["history"], data["cloudy"], data["cloud_mask"]))
+  out = np.asarray(gapfill.METHODS[method](data["history"], data["cloudy"], data["cloud_mask"],
+                                           robust=False))
   for i in range(2):
     clear = data["cloud_mask"][i, ..., 0] == 0
     expected = numpy_band_fit(source(data["history"][i]), data["cloudy"][i], clear)
@@ -50,7 +52,7 @@ def test_matched_baselines_equal_numpy_least_squares(method, source):
 def test_matched_regression_equals_numpy_least_squares():
   data = series(1)
   out = np.asarray(gapfill.matched_regression(data["history"], data["cloudy"],
-                                              data["cloud_mask"]))
+                                              data["cloud_mask"], robust=False))
   for i in range(2):
     clear = data["cloud_mask"][i, ..., 0] == 0
     features = np.moveaxis(data["history"][i], 0, 2).reshape(SIZE * SIZE, -1)
@@ -91,7 +93,7 @@ def test_box_mean_and_frequency_bands_against_numpy():
 def test_matched_multiscale_equals_numpy_least_squares():
   data = series(8, size=32)
   out = np.asarray(gapfill.matched_multiscale(data["history"], data["cloudy"],
-                                              data["cloud_mask"]))
+                                              data["cloud_mask"], robust=False))
   for i in range(2):
     clear = (data["cloud_mask"][i, ..., 0] == 0).ravel()
     dates = np.concatenate(list(data["history"][i]), axis=-1).astype(np.float64)
@@ -107,7 +109,8 @@ def test_matched_multiscale_equals_numpy_least_squares():
     expected = np.clip(design @ coefficients, 0, 1).reshape(32, 32, 3)
     np.testing.assert_allclose(out[i], expected, atol=1e-4)
   # Enough clear pixels for every coefficient: the fit is not the fallback.
-  fallback = gapfill.matched_regression(data["history"], data["cloudy"], data["cloud_mask"])
+  fallback = gapfill.matched_regression(data["history"], data["cloudy"], data["cloud_mask"],
+                                        robust=False)
   assert np.abs(out - fallback).max() > 1e-3
 
 
@@ -163,7 +166,8 @@ def test_constant_source_band_gives_the_clear_mean():
   data = series(4)
   history = data["history"].copy()
   history[..., 0] = 0.2
-  out = np.asarray(gapfill.matched_persistence(history, data["cloudy"], data["cloud_mask"]))
+  out = np.asarray(gapfill.matched_persistence(history, data["cloudy"], data["cloud_mask"],
+                                               robust=False))
   clear = data["cloud_mask"][0, ..., 0] == 0
   np.testing.assert_allclose(out[0, ..., 0], data["cloudy"][0, ..., 0][clear].mean(), atol=1e-5)
 
@@ -189,7 +193,97 @@ def test_match_history_matches_every_date_and_jits_with_gradients():
     np.testing.assert_allclose(
         matched[:, t], gapfill.match_bands(data["history"][:, t], data["cloudy"],
                                            data["cloud_mask"]), atol=1e-6)
+  # Least squares: the robust weights are data (no gradient flows through them), and the prior
+  # never needs one in training (it does not depend on parameters).
   for method in (gapfill.matched_regression, gapfill.matched_multiscale):
-    grad = jax.grad(lambda h: jnp.sum(method(h, data["cloudy"], data["cloud_mask"])))(
-        jnp.asarray(data["history"]))
+    grad = jax.grad(lambda h: jnp.sum(method(h, data["cloudy"], data["cloud_mask"],
+                                             robust=False)))(jnp.asarray(data["history"]))
     assert np.all(np.isfinite(grad)) and np.any(grad != 0), method.__name__
+
+
+def numpy_robust_fit(x: np.ndarray, y: np.ndarray, clear: np.ndarray) -> np.ndarray:
+  """Coefficients (F + 1, C) of y ~ [x, 1] by IRLS, written out in NumPy from the textbook: least
+  squares, then Huber and Tukey biweight steps on the largest scaled residual of each pixel."""
+  design = np.concatenate([x, np.ones((len(x), 1))], 1).astype(np.float64)
+  weights = clear.astype(np.float64)
+  solve = lambda w: np.linalg.lstsq(design * np.sqrt(w)[:, None], y * np.sqrt(w)[:, None],
+                                    rcond=None)[0]
+  coefficients = solve(weights)
+  final = weights
+  for step in range(gapfill.HUBER_STEPS + gapfill.TUKEY_STEPS):
+    residual = y - design @ coefficients
+    std = np.maximum(1.4826 * np.median(np.abs(residual[final > 0]), axis=0), 1e-4)
+    u = np.max(np.abs(residual) / std, axis=1)
+    if step < gapfill.HUBER_STEPS:
+      robust = np.minimum(1.0, 1.345 / np.maximum(u, 1e-12))
+    else:
+      robust = np.clip(1 - (u / 4.685) ** 2, 0, None) ** 2
+    final = weights * robust
+    coefficients = solve(final)
+  return coefficients
+
+
+def test_robust_fit_equals_a_numpy_reference_and_ignores_outliers():
+  rng = np.random.default_rng(11)
+  n, features = 900, 4
+  x = rng.uniform(0.02, 0.3, (n, features))
+  true = np.array([[0.5, 0.1, 0.0], [0.2, 0.6, 0.1], [0.0, 0.1, 0.7], [0.1, 0.0, 0.1]])
+  y = x @ true + 0.03 + rng.normal(0, 0.004, (n, 3))
+  # A quarter of the pixels the mask calls clear are under haze it missed: brighter, bluer.
+  haze = rng.uniform(size=n) < 0.25
+  y[haze] += rng.uniform(0.03, 0.2, (haze.sum(), 1)) * np.array([0.9, 1.0, 1.1])
+  clear = rng.uniform(size=n) > 0.2
+  gain, offset, final = gapfill.robust_linear_fit(
+      jnp.asarray(x[None], jnp.float32), jnp.asarray(y[None], jnp.float32),
+      jnp.asarray(clear[None], jnp.float32))
+  expected = numpy_robust_fit(x, y, clear)
+  np.testing.assert_allclose(gain[0], expected[:-1], atol=2e-3)
+  np.testing.assert_allclose(offset[0], expected[-1], atol=5e-4)
+  # The robust fit finds the coefficients of the haze-free pixels; least squares does not.
+  np.testing.assert_allclose(gain[0], true, atol=0.03)
+  np.testing.assert_allclose(offset[0], 0.03, atol=0.005)
+  ls_gain, ls_offset = gapfill.linear_fit(jnp.asarray(x[None], jnp.float32),
+                                          jnp.asarray(y[None], jnp.float32),
+                                          jnp.asarray(clear[None], jnp.float32))
+  assert abs(float(ls_offset[0].mean()) - 0.03) > 0.01
+  # The hazy pixels end with (almost) no weight, the others with most of theirs.
+  final = np.asarray(final[0])
+  assert final[haze & clear & (y.mean(1) > (x @ true).mean(1) + 0.06)].max() < 0.05
+  assert np.median(final[~haze & clear]) > 0.8
+  assert np.all(final[~clear] == 0)
+
+
+def test_robust_priors_resist_haze_the_mask_missed():
+  # Dates that are one scene under different gains: every method's linear model holds.
+  rng = np.random.default_rng(12)
+  base = rng.uniform(0.02, 0.3, (2, 1, 32, 32, 3))
+  history = (base * np.array([0.9, 1.0, 1.1])[None, :, None, None, None]
+             + rng.normal(0, 0.002, (2, 3, 32, 32, 3))).astype(np.float32)
+  truth = (0.8 * base[:, 0] + 0.04 + rng.normal(0, 0.002, (2, 32, 32, 3))).astype(np.float32)
+  mask = (rng.uniform(size=(2, 32, 32, 1)) < 0.3).astype(np.float32)
+  missed = (mask == 0) & (rng.uniform(size=mask.shape) < 0.2)
+  hazy = np.where(missed, truth + 0.1, truth).astype(np.float32)
+  for name in ("matched_persistence", "matched_mean", "matched_regression",
+               "matched_multiscale"):
+    method = gapfill.METHODS[name]
+    error = lambda robust: np.abs(np.asarray(
+        method(history, hazy, mask, robust=robust)) - truth).mean()
+    assert error(True) < 0.25 * error(False), (name, error(True), error(False))
+
+
+def test_fill_history_replaces_only_the_masked_pixels_from_the_other_dates():
+  rng = np.random.default_rng(13)
+  base = rng.uniform(0.02, 0.3, (1, 1, 24, 24, 3)).astype(np.float32)
+  # Three dates of one scene, each with a gain and offset of its own.
+  gains, offsets = np.array([1.0, 0.8, 1.2]), np.array([0.0, 0.05, -0.01])
+  clean = (base * gains[None, :, None, None, None]
+           + offsets[None, :, None, None, None]).astype(np.float32)
+  mask = np.zeros((1, 3, 24, 24, 1), np.float32)
+  mask[0, 2, 4:14, 6:18] = 1      # The latest date clouded ...
+  mask[0, 1, 10:20, 10:20] = 1    # ... and the middle one too, overlapping it.
+  cloudy = np.where(mask > 0, 0.9, clean).astype(np.float32)
+  filled = np.asarray(gapfill.fill_history(cloudy, mask))
+  np.testing.assert_array_equal(filled[mask[..., 0] == 0], cloudy[mask[..., 0] == 0])
+  # Every masked pixel comes from a clear date matched to the clouded one: no cloud leaks.
+  np.testing.assert_allclose(filled, clean, atol=2e-3)
+  assert np.array_equal(gapfill.fill_history(cloudy[:, :1], mask[:, :1]), cloudy[:, :1])

@@ -12,7 +12,7 @@ import rasterio
 from rasterio.transform import from_origin
 import tifffile
 
-from plfm_jax.data import stack
+from plfm_jax.data import inputs, stack
 from plfm_jax.errors import InputError
 from plfm_jax.inference import scene
 
@@ -81,7 +81,7 @@ def test_downloader_export_is_predicted_on_the_cloudy_grid(export, tmp_path):
   out = tmp_path / "out.tif"
   report = scene.predict_scene(
       scene.SceneInputs(cloudy=export["cloudy"], history=export["history"], sar=export["sar"]),
-      out, model, progress=False)
+      out, model, masking=inputs.EXACT, progress=False)
   # The cloudy folder's QA60 found the clouds; the S1 image was reprojected onto the S2 grid.
   assert report.cloud_fraction == pytest.approx(export["mask"].mean())
   notes = "\n".join(report.notes)
@@ -111,7 +111,7 @@ def test_reprojected_sar_values(export, tmp_path):
   scene.predict_scene(
       scene.SceneInputs(cloudy=export["cloudy"], history=export["history"], sar=export["sar"]),
       tmp_path / "out.tif", scene.TileModel(record_sar, tile_size=104, batch_size=1),
-      progress=False)
+      masking=inputs.EXACT, progress=False)
   # -12 dB everywhere the S1 footprint reaches, the NaN border read as -25 dB: in the unit
   # range of the SAR input, a constant over almost the whole window.
   sar = seen["sar"][0][0, ..., 0]

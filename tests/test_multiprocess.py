@@ -18,7 +18,7 @@ import pytest
 import tifffile
 
 from plfm_jax import workdir as workdir_lib
-from test_inference_scene import assert_same_georeference
+from test_inference_scene import assert_same_grid
 from test_inference_scene import scenes, workdir  # noqa: F401  (fixtures, used by name)
 from test_trainer import TINY, train_command
 from test_trainer import tfds_dir  # noqa: F401  (a fixture, used by name)
@@ -140,7 +140,7 @@ def test_evaluation_in_two_processes_matches_one(tfds_dir, tmp_path):  # noqa: F
   evaluate = [sys.executable, str(REPO / "evaluate.py"), "--config",
               str(REPO / "configs/plfm.py:demo"), "--workdir", str(workdir),
               f"--config.data.tfds_dir={tfds_dir}", *TINY, *quick, "--config.batch_size=4",
-              "--split", "validation", "--overwrite"]
+              "--split", "validation", "--overwrite", "--scenarios", "detected"]
   summaries = {}
   # One process with as many devices as the two together: the same samples on each device.
   for name, command, env in (("two", [*LAUNCH, "--", *evaluate], {}),
@@ -157,14 +157,14 @@ def test_evaluation_in_two_processes_matches_one(tfds_dir, tmp_path):  # noqa: F
   assert two["num_samples"] == one["num_samples"] == 2
   # The same samples in the same order; the scores to float precision (programs compiled for
   # one and for two processes round differently in the last digits).
-  assert [r.split(",")[:2] for r in two_rows] == [r.split(",")[:2] for r in one_rows]
-  for method, values in one["metrics"].items():
+  assert [r.split(",")[:3] for r in two_rows] == [r.split(",")[:3] for r in one_rows]
+  for method, values in one["metrics"]["detected"].items():
     for metric, value in values.items():
       if isinstance(value, str):  # "inf", "nan": spelled out in JSON
-        assert two["metrics"][method][metric] == value, (method, metric)
+        assert two["metrics"]["detected"][method][metric] == value, (method, metric)
       else:
-        np.testing.assert_allclose(two["metrics"][method][metric], value, rtol=1e-5, atol=1e-6,
-                                   err_msg=f"{method} {metric}")
+        np.testing.assert_allclose(two["metrics"]["detected"][method][metric], value, rtol=1e-5,
+                                   atol=1e-6, err_msg=f"{method} {metric}")
 
 
 @pytest.mark.slow
@@ -172,7 +172,7 @@ def test_predict_in_two_processes_writes_the_scene_of_one(scenes, workdir, tmp_p
   inputs = scenes["small"]["inputs"]
   args = ["--workdir", str(workdir), "--cloudy", str(inputs.cloudy), "--history",
           ",".join(map(str, inputs.history)), "--sar", str(inputs.sar), "--cloud_mask",
-          str(inputs.qa60), "--quiet", "--batch_size=4"]
+          str(inputs.cloud_mask), "--quiet", "--batch_size=4", "--window=64"]
   predict = [sys.executable, str(REPO / "predict.py"), *args]
   two = subprocess.run([*LAUNCH, "--devices_per_process=1", "--", *predict, "--out",
                         str(tmp_path / "two.tif")], cwd=REPO, capture_output=True, text=True,
@@ -188,7 +188,7 @@ def test_predict_in_two_processes_writes_the_scene_of_one(scenes, workdir, tmp_p
   assert sorted(p.name for p in tmp_path.iterdir()) == ["one.tif", "two.tif"]
   np.testing.assert_array_equal(tifffile.imread(tmp_path / "two.tif"),
                                 tifffile.imread(tmp_path / "one.tif"))
-  assert_same_georeference(tmp_path / "one.tif", tmp_path / "two.tif")
+  assert_same_grid(tmp_path / "one.tif", tmp_path / "two.tif")
 
 
 def _job_process(workdir: pathlib.Path, process_id: int) -> int | None:

@@ -15,6 +15,7 @@ from plfm_jax.data.pipeline import BATCH_KEYS, make_iterator, sample_rng, transf
 from plfm_jax.data.synthetic import write_synthetic_dataset
 from plfm_jax.data.tfds_data import data_source, ensure_built
 from plfm_jax.errors import InputError
+from tests.test_masks_detect import _far_from
 
 STORED = 40
 CROP = 32
@@ -53,9 +54,10 @@ def _fingerprints(batches: list[dict[str, np.ndarray]]) -> list[str]:
 
 def test_batch_keys_shapes_dtypes_and_ranges(config):
   [batch] = _batches(config, 1, split="train", global_batch_size=4, train=True, seed=0)
-  shapes = {"history": (4, 3, CROP, CROP, 3), "target": (4, CROP, CROP, 3),
+  shapes = {"history": (4, 3, CROP, CROP, 3), "history_mask": (4, 3, CROP, CROP, 1),
+            "history_input": (4, 3, CROP, CROP, 3), "target": (4, CROP, CROP, 3),
             "cloudy": (4, CROP, CROP, 3), "cloud_mask": (4, CROP, CROP, 1),
-            "sar": (4, CROP, CROP, 1), "s2_scale": (4, 4, 2)}
+            "truth_mask": (4, CROP, CROP, 1), "sar": (4, CROP, CROP, 1), "s2_scale": (4, 4, 2)}
   assert {k: (v.shape, v.dtype) for k, v in batch.items()} == {
       k: (s, np.float32) for k, s in shapes.items()}
   for key, value in batch.items():
@@ -83,6 +85,7 @@ def test_s2_scale_undoes_the_normalisation(config, normalization):
 def test_cloud_mask_marks_exactly_the_changed_pixels(config):
   [batch] = _batches(config, 1, split="validation", global_batch_size=4, train=False, seed=0)
   mask = batch["cloud_mask"][..., 0] > 0
+  np.testing.assert_array_equal(batch["cloud_mask"], batch["truth_mask"])
   changed = np.any(batch["cloudy"] != batch["target"], axis=-1)
   assert not np.any(changed & ~mask)
   # Clouds and shadows change (nearly) every pixel they cover, at the configured coverage.
@@ -274,3 +277,36 @@ def test_time_reversal_reads_half_the_series_backwards(config):
   # Evaluation never reverses.
   example = transform_record(record, np.random.default_rng(0), cfg, train=False)
   np.testing.assert_allclose(example["target"], s2[-1], atol=1e-6)
+
+
+def _scenario(cfg, scenario: str) -> dict[str, np.ndarray]:
+  cfg = cfg.copy_and_resolve_references()
+  cfg.s2_normalization = "reflectance"
+  cfg.scenario = scenario
+  [batch] = _batches(cfg, 1, split="validation", global_batch_size=4, train=False, seed=0)
+  return batch
+
+
+def test_scenarios_share_the_clouds_and_differ_in_what_the_model_is_told(config):
+  exact, detected, qa60, clouded = (_scenario(config, s) for s in
+                                    ("exact", "detected", "qa60", "history_clouded"))
+  for other in (detected, qa60, clouded):
+    np.testing.assert_array_equal(other["cloudy"], exact["cloudy"])
+    np.testing.assert_array_equal(other["truth_mask"], exact["truth_mask"])
+    np.testing.assert_array_equal(other["target"], exact["target"])
+  truth = exact["truth_mask"] > 0
+  found = detected["cloud_mask"] > 0
+  # The detection finds most of what changed and little else; QA60's cores add to it.
+  visible = truth & (np.abs(exact["cloudy"] - exact["target"]).max(-1, keepdims=True) > 0.02)
+  far = np.stack([_far_from(t[..., 0], 3) for t in truth])[..., None]
+  assert found[visible].mean() > 0.8 and found[far].mean() < 0.1
+  assert np.all((qa60["cloud_mask"] > 0) >= found) or (qa60["cloud_mask"] > 0).sum() > found.sum()
+  # Only history_clouded clouds an earlier date, and only the latest; the model reads it filled.
+  np.testing.assert_array_equal(exact["history_input"], exact["history"])
+  np.testing.assert_array_equal(clouded["history_input"][:, :2], exact["history_input"][:, :2])
+  changed = np.abs(clouded["history_input"][:, 2] - exact["history_input"][:, 2]).max(-1) > 0.02
+  assert changed.mean() > 0.1
+  flagged = clouded["history_mask"][:, 2, ..., 0] > 0
+  assert flagged[changed].mean() > 0.8
+  error = lambda history: np.abs(history[:, 2] - exact["history"][:, 2]).max(-1)[changed].mean()
+  assert error(clouded["history"]) < 0.2 * error(clouded["history_input"])

@@ -281,3 +281,16 @@ def test_calibrated_correction_only_in_inference():
       scale.std * np.array([0.5, -0.5, 0.2]), trained["prior"], batch)
       * scale.std * np.array([0.5, -0.5, 0.2]), 0, 1)
   np.testing.assert_allclose(inferred["temporal"], expected, atol=1e-5)
+
+
+def test_without_sar_the_fused_image_is_the_temporal_branchs(plus):
+  plfm, variables = plus
+  batch = random_batch(2, SIZE)
+  optical = {k: v for k, v in batch.items() if k != "sar"}
+  out = plfm.predict(variables, optical)
+  assert "sar_branch" not in out
+  expected = composite(out["temporal"], optical["cloudy"], optical["cloud_mask"])
+  np.testing.assert_array_equal(out["fused"], expected)
+  np.testing.assert_array_equal(out["composite"], expected)
+  # The temporal branch does not read the SAR: it is the same with it.
+  np.testing.assert_array_equal(plfm.predict(variables, batch)["temporal"], out["temporal"])

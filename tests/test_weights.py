@@ -119,13 +119,17 @@ def test_wheel_holds_the_shipped_weights(tmp_path):
 @pytest.mark.slow
 def test_predict_without_workdir_uses_the_shipped_weights(scenes, tmp_path):  # noqa: F811
   inputs = scenes["small"]["inputs"]
-  out = tmp_path / "out.tif"
+  out, mask_out = tmp_path / "out.tif", tmp_path / "mask.tif"
   done = run_cli("--cloudy", inputs.cloudy, "--history", ",".join(map(str, inputs.history)),
-                 "--sar", inputs.sar, "--cloud_mask", inputs.qa60, "--out", out, "--quiet")
+                 "--sar", inputs.sar, "--cloud_mask", inputs.cloud_mask, "--out", out,
+                 "--mask_out", mask_out, "--quiet")
   assert done.returncode == 0, done.stderr
   assert "wrote" in done.stdout
   cloudy, mask, result = scenes["small"]["cloudy"], scenes["small"]["mask"], tifffile.imread(out)
-  np.testing.assert_array_equal(result[~mask], cloudy[~mask])
+  # What the given mask flags is restored, and whatever else the detection added; the rest kept.
+  restored = tifffile.imread(mask_out) > 0
+  assert restored[mask].all()
+  np.testing.assert_array_equal(result[~restored], cloudy[~restored])
   assert np.mean(result[mask] != cloudy[mask]) > 0.5
 
   bad = tmp_path / "bad.msgpack"

@@ -36,9 +36,14 @@ def random_batch(batch_size: int = 2, size: int = 32, *, dates: int = 3,
   uniform = lambda *shape: rng.uniform(size=shape).astype(np.float32)
   low = rng.uniform(0, 1000, (batch_size, dates + 1))
   scale = np.stack([low, rng.uniform(500, 5000, low.shape)], -1).astype(np.float32)
-  return {"history": uniform(batch_size, dates, size, size, 3),
+  history = uniform(batch_size, dates, size, size, 3)
+  cloud_mask = (uniform(batch_size, size, size, 1) > 0.5).astype(np.float32)
+  return {"history": history,
+          "history_mask": np.zeros((batch_size, dates, size, size, 1), np.float32),
+          "history_input": history.copy(),
           "target": uniform(batch_size, size, size, 3),
           "cloudy": uniform(batch_size, size, size, 3),
-          "cloud_mask": (uniform(batch_size, size, size, 1) > 0.5).astype(np.float32),
+          "cloud_mask": cloud_mask,
+          "truth_mask": cloud_mask.copy(),
           "sar": uniform(batch_size, size, size, 1),
           "s2_scale": scale}

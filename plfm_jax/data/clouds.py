@@ -1,11 +1,19 @@
-"""Seeded cloud simulator: thick and thin clouds with cast shadows over a cloud-free image.
+"""Seeded cloud simulator: thick and thin clouds, fading haze and cast shadows over a clear image.
 
 The real PLFM patches are cloud-free (the dataset builder kept the clearest image per month), so
 the cloudy input of the last date is simulated. It runs per sample inside the input pipeline, so
 everything is vectorised NumPy: a few milliseconds for a 256 x 256 image.
+
+Real clouds do not end where a mask does: their haze fades out over tens of pixels, down to
+changes no detector can see, and their shadows have soft edges. So every cloud here is wrapped
+in a margin of haze whose opacity falls to exactly zero, and the returned mask marks every pixel
+the simulation changed at all: the truth a detector is scored against, wider than what it can
+find. The opaque cores alone stand in for the masks that flag only thick cloud (QA60).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 
@@ -62,8 +70,7 @@ def fractal_noise(shape: tuple[int, int], rng: np.random.Generator, *, octaves: 
   return total
 
 
-# Alpha of the faintest cloud pixel that counts as covered; thinner haze is not drawn at all, so
-# every pixel outside the mask is exactly the input.
+# Alpha where a cloud's thin part begins; the haze margin fades from it to zero.
 _VISIBLE_ALPHA = 0.1
 # Shadows are displaced by this fraction of the image's longer side (cloud height x sun angle).
 _SHADOW_DISTANCE = (0.03, 0.12)
@@ -75,24 +82,38 @@ def _kth_smallest(values: np.ndarray, k: int) -> float:
   return float(np.partition(values.ravel(), k)[k])
 
 
+class SimulatedClouds(NamedTuple):
+  """What `simulate_clouds` returns.
+
+  Attributes:
+    cloudy: float32 (H, W, C) in [0, 1], equal to the input outside `mask`.
+    mask: bool (H, W), True where a cloud, its haze or a shadow changed the pixel at all.
+    opaque: bool (H, W), the opaque cloud cores (alpha 1) only, no haze, no shadows.
+  """
+  cloudy: np.ndarray
+  mask: np.ndarray
+  opaque: np.ndarray
+
+
 def simulate_clouds(image: np.ndarray, rng: np.random.Generator, *,
                     coverage: float | tuple[float, float] = (0.2, 0.6), thin_fraction: float = 0.3,
-                    shadows: bool = True) -> tuple[np.ndarray, np.ndarray]:
-  """Covers `image` with simulated clouds and their shadows.
+                    haze_margin: float = 0.0, shadows: bool = True) -> SimulatedClouds:
+  """Covers `image` with simulated clouds, their haze and their shadows.
 
   Args:
     image: (H, W, C) float in [0, 1], any H, W and C; read as (R, G, B) when C = 3.
     rng: source of all randomness; the same state gives the same clouds.
-    coverage: fraction of the pixels affected (cloud or shadow), or a (low, high) range to draw
-      it from uniformly. Met to within a pixel by thresholding the cloud field at its quantile.
-    thin_fraction: share of the cloud cover (shadows aside) that is thin: semi-transparent,
-      from just visible (alpha 0.1) at the edge rising to opaque. The rest is opaque (alpha 1).
+    coverage: fraction of the pixels affected (cloud, haze or shadow), or a (low, high) range
+      to draw it from uniformly. Met to within a pixel by thresholding the cloud field at its
+      quantile.
+    thin_fraction: share of the cloud cover (shadows and haze aside) that is thin:
+      semi-transparent, from alpha 0.1 at the edge rising to opaque. The rest is opaque.
+    haze_margin: width of the haze around every cloud, in units of the cloud field (which spans
+      [0, 1]): its alpha falls from 0.1 at the cloud's edge to 0, quadratically, so that its
+      outer part changes the ground by less than any detector resolves. 0: clouds end at alpha
+      0.1, exactly where the mask ends.
     shadows: also cast shadows, the cloud field displaced towards a random direction, darkening
-      the ground to 40-70 % where it is not under a cloud.
-
-  Returns:
-    (cloudy, mask): float32 (H, W, C) in [0, 1], equal to `image` outside the mask, and bool
-    (H, W), True where a cloud or a shadow changed the pixel.
+      the ground to 40-70 % where it is not under a cloud (less under the haze margin).
   """
   if image.ndim != 3:
     raise ValueError(f"image must be (H, W, C), got shape {image.shape}")
@@ -101,11 +122,14 @@ def simulate_clouds(image: np.ndarray, rng: np.random.Generator, *,
   if not 0.0 <= coverage <= 1.0 or not 0.0 <= thin_fraction <= 1.0:
     raise ValueError(f"coverage and thin_fraction must be in [0, 1], "
                      f"got {coverage} and {thin_fraction}")
+  if not 0.0 <= haze_margin < 1.0:
+    raise ValueError(f"haze_margin must be in [0, 1), got {haze_margin}")
   height, width, channels = image.shape
   cloudy = np.array(image, dtype=np.float32)
   n_affected = round(coverage * height * width)
   if n_affected == 0:
-    return cloudy, np.zeros((height, width), bool)
+    nothing = np.zeros((height, width), bool)
+    return SimulatedClouds(cloudy, nothing, nothing.copy())
 
   # The field is drawn on a canvas larger by the shadow offset: the cloud sees one window of it,
   # the ground the window displaced by the offset, so clouds just outside the image cast shadows
@@ -123,8 +147,10 @@ def simulate_clouds(image: np.ndarray, rng: np.random.Generator, *,
   # A pixel is affected when the cloud field over it or over its sun-ward neighbour exceeds the
   # threshold, so thresholding their maximum at the right rank gives the coverage exactly.
   affected_field = np.maximum(cloud_field, shadow_field) if shadows else cloud_field
-  threshold = _kth_smallest(affected_field, height * width - n_affected)
-  mask = affected_field >= threshold
+  affected_from = _kth_smallest(affected_field, height * width - n_affected)
+  mask = affected_field >= affected_from
+  # The haze margin lies between where the field starts to affect pixels and the cloud proper.
+  threshold = min(affected_from + haze_margin, 1.0)
   footprint = cloud_field[cloud_field >= threshold]
   # The footprint is empty when only shadows of clouds outside the image fall into it.
   opaque_from = threshold
@@ -132,15 +158,21 @@ def simulate_clouds(image: np.ndarray, rng: np.random.Generator, *,
     opaque_from = _kth_smallest(footprint, min(round(thin_fraction * footprint.size),
                                                footprint.size - 1))
 
-  # Alpha over the whole canvas: 0 outside the clouds, just visible at their edge, rising with
-  # the field through the thin part, 1 in the opaque core. In place: temporaries of this size
-  # cost more in page faults than in arithmetic.
+  # Alpha over the whole canvas: 0 outside the clouds, haze fading in over the margin, rising
+  # with the field through the thin part, 1 in the opaque core. In place: temporaries of this
+  # size cost more in page faults than in arithmetic.
   alpha = field - threshold
   alpha *= (1.0 - _VISIBLE_ALPHA) / max(opaque_from - threshold, 1e-6)
   alpha += _VISIBLE_ALPHA
   np.clip(alpha, 0.0, 1.0, out=alpha)
-  alpha[field < threshold] = 0.0
+  if haze_margin > 0:
+    haze = field < threshold
+    # Floored at a thousandth of the edge's alpha, so that every masked pixel does change.
+    alpha[haze] = _VISIBLE_ALPHA * np.maximum(np.square(
+        np.clip(field[haze] - affected_from, 0.0, None) / (threshold - affected_from)), 1e-3)
+  alpha[field < affected_from] = 0.0
   cloud_alpha = alpha[top:top + height, left:left + width]
+  opaque = cloud_alpha >= 1.0
 
   # One factor per pixel for the ground: shadow, then what the cloud lets through.
   ground = 1.0 - cloud_alpha
@@ -150,11 +182,11 @@ def simulate_clouds(image: np.ndarray, rng: np.random.Generator, *,
   cloudy *= ground[..., None]
 
   # Cloud tops: near white, slightly bluish grey, brightest where the cloud is thickest.
-  brightness = cloud_field - threshold
+  brightness = np.clip(cloud_field - threshold, 0.0, None)
   brightness *= 0.2 / max(1.0 - threshold, 1e-6)
   brightness += 0.8
   brightness *= cloud_alpha
   tint = np.linspace(0.94, 1.0, channels, dtype=np.float32) if channels > 1 else np.float32(1.0)
   cloudy += brightness[..., None] * tint
   np.clip(cloudy, 0.0, 1.0, out=cloudy)
-  return cloudy, mask
+  return SimulatedClouds(cloudy, mask, opaque)

@@ -1,10 +1,12 @@
 """Input pipeline: `plfm_series` records to model batches, with grain and without TensorFlow.
 
     records (tfds.data_source) -> [shuffle, repeat] -> per-process shard
-      -> transform_record (crop, flips, normalisation, simulated clouds) -> batch
+      -> transform_record (crop, flips, simulated clouds, the masks of the scenario, the model's
+         input by `plfm_jax.data.inputs.model_example`, normalisation) -> batch
 
-Batches are dicts of float32 NumPy arrays as in docs/architecture.md: `history`, `target`,
-`cloudy`, `cloud_mask`, `sar`. Every random choice of a sample (crop, flips, clouds) comes from a
+Batches are dicts of float32 NumPy arrays as in docs/architecture.md: `history`,
+`history_mask`, `history_input`, `target`, `cloudy`, `cloud_mask`, `truth_mask`, `sar`,
+`s2_scale`. Every random choice of a sample (crop, flips, clouds) comes from a
 generator seeded by the run seed, the epoch and the series identity (zone, patch, months): the same
 sample looks the same whatever the batch size, the sharding, the worker count or the record
 order, so evaluation gives every method the same clouds (in every pass), and training is
@@ -20,12 +22,23 @@ import grain
 import jax
 import numpy as np
 
+from plfm_jax.data import inputs
 from plfm_jax.data.clouds import simulate_clouds
-from plfm_jax.data.normalize import normalize_s2, qa60_cloud_mask, s1_db_to_unit, s2_scale
+from plfm_jax.data.normalize import (REFLECTANCE_SCALE, qa60_cloud_mask, s1_db_to_unit,
+                                     s2_reflectance, s2_scale)
 from plfm_jax.data.tfds_data import data_source, patch_size
 from plfm_jax.errors import InputError
+from plfm_jax.masks.detect import DEFAULT as DEFAULT_DETECTION, DetectionSettings
 
-BATCH_KEYS = ("history", "target", "cloudy", "cloud_mask", "sar", "s2_scale")
+BATCH_KEYS = ("history", "history_mask", "history_input", "target", "cloudy", "cloud_mask",
+              "truth_mask", "sar", "s2_scale")
+# What the model is told of the simulated clouds, and what it is given:
+#   exact            the exact mask of every pixel the clouds changed (the upper bound)
+#   detected         nothing: the tool's own detection (`plfm_jax.masks.detect`)
+#   qa60             the opaque cores only, as QA60 flags them, and the tool's detection
+#   history_clouded  nothing, and the latest earlier date has clouds of its own
+# QA60 flags stored in the dataset join the given masks of every date in all of them.
+SCENARIOS = ("exact", "detected", "qa60", "history_clouded")
 # Distinguishes the shuffle's seed from the per-sample seeds derived from the same run seed.
 _SHUFFLE_STREAM = 1
 
@@ -39,24 +52,26 @@ def sample_rng(seed: int, record: Mapping[str, Any], epoch: int = 0) -> np.rando
 
 
 def transform_record(record: Mapping[str, Any], rng: np.random.Generator,
-                     data_config: Mapping[str, Any], *, train: bool) -> dict[str, np.ndarray]:
+                     data_config: Mapping[str, Any], *, train: bool,
+                     detection: DetectionSettings = DEFAULT_DETECTION) -> dict[str, np.ndarray]:
   """One `plfm_series` record to one example with the BATCH_KEYS (float32, no batch axis).
 
   Training crops `crop_size` at a random position, flips at random and, with `time_reversal`,
   reads half the series backwards (the earliest date becomes the one to restore, a change of
   season the training data may lack); evaluation crops the centre (`eval_crop_size`) and does
-  not flip. The simulated clouds always come from `rng`. Reads `crop_size`, `eval_crop_size`,
-  `s2_normalization`, `flips`, `time_reversal` and `clouds` of `data_config` (the `data` section
-  of configs/plfm.py).
+  not flip. The clouds (in reflectance) always come from `rng`; `scenario` decides what the
+  model is told of them (SCENARIOS). Every image is then normalised with the (low, span) of its
+  stored, cloud-free date (`s2_scale`). Reads `crop_size`, `eval_crop_size`, `s2_normalization`,
+  `flips`, `time_reversal`, `clouds` and `scenario` of `data_config` (the `data` section of
+  configs/plfm.py). `detection` holds the thresholds of the scenarios that detect.
   """
   s2, s1, cm = (np.asarray(record[k]) for k in ("s2", "s1", "cm"))
   if train and data_config["time_reversal"] and rng.random() < 0.5:
     # The series read backwards: the first date restored from the later ones.
     s2, s1, cm = s2[::-1], s1[::-1], cm[::-1]
-  # Only the last date's S1 and QA60 are used; a leading axis of 1 keeps H, W on axes 1 and 2 of
-  # every array, so one crop and one flip serve all of them.
+  # Only the last date's S1 is used; a leading axis of 1 keeps H, W on axes 1 and 2 of every
+  # array, so one crop and one flip serve all of them.
   sar = s1[-1:]
-  qa60 = cm[-1:]
   stored = s2.shape[1]
   size = crop_size(data_config, train=train, patch_size=stored)
   if train:
@@ -64,29 +79,52 @@ def transform_record(record: Mapping[str, Any], rng: np.random.Generator,
   else:
     top = left = (stored - size) // 2
   window = (slice(None), slice(top, top + size), slice(left, left + size))
-  s2, sar, qa60 = s2[window], sar[window], qa60[window]
+  s2, sar, cm = s2[window], sar[window], cm[window]
   if train and data_config["flips"]:
     for axis in (1, 2):
       if rng.random() < 0.5:
-        s2, sar, qa60 = (np.flip(x, axis) for x in (s2, sar, qa60))
+        s2, sar, cm = (np.flip(x, axis) for x in (s2, sar, cm))
 
-  # Normalised after cropping: the model sees each image scaled by what it sees, as at inference.
+  # Scaled after cropping: the model sees each image scaled by what it sees, as at inference.
   scale = s2_scale(s2, data_config["s2_normalization"])
-  s2 = normalize_s2(s2, data_config["s2_normalization"])
-  target = s2[-1]
+  dates = s2_reflectance(s2)
+  target = dates[-1]
   clouds = data_config["clouds"]
-  cloudy, cloud_mask = simulate_clouds(
-      target, rng, coverage=tuple(clouds["coverage"]), thin_fraction=clouds["thin_fraction"],
-      shadows=clouds["shadows"])
-  cloud_mask = cloud_mask | qa60_cloud_mask(qa60[0])
+  simulate = lambda image: simulate_clouds(
+      image, rng, coverage=tuple(clouds["coverage"]), thin_fraction=clouds["thin_fraction"],
+      haze_margin=clouds["haze_margin"], shadows=clouds["shadows"])
+  simulated = simulate(target)
+  history = dates[:-1].copy()
+  scenario = data_config["scenario"]
+  if scenario not in SCENARIOS:
+    raise ValueError(f"data.scenario must be one of {SCENARIOS}, got {scenario!r}")
+  if scenario == "history_clouded":
+    history[-1] = simulate(history[-1]).cloudy
+  qa60 = qa60_cloud_mask(cm)
+  told = {"exact": simulated.mask, "qa60": simulated.opaque}.get(scenario)
+  example = inputs.model_example(
+      history, simulated.cloudy, length=len(history), history_masks=qa60[:-1],
+      cloud_mask=qa60[-1] if told is None else qa60[-1] | told,
+      masking=inputs.EXACT if scenario == "exact" else inputs.Masking(settings=detection))
   return {
-      "history": s2[:-1],
-      "target": target,
-      "cloudy": cloudy,
-      "cloud_mask": cloud_mask[..., None].astype(np.float32),
+      "history": _normalize(example["history"], scale[:-1]),
+      "history_mask": example["history_mask"],
+      "history_input": _normalize(history, scale[:-1]),
+      "target": _normalize(target, scale[-1]),
+      "cloudy": _normalize(simulated.cloudy, scale[-1]),
+      "cloud_mask": example["cloud_mask"],
+      "truth_mask": (simulated.mask | qa60[-1])[..., None].astype(np.float32),
       "sar": s1_db_to_unit(sar[0]),
       "s2_scale": scale,
   }
+
+
+def _normalize(reflectance: np.ndarray, scale: np.ndarray) -> np.ndarray:
+  """Reflectance images (..., H, W, 3) in the model's normalisation, by their (..., 2) (low,
+  span) in digital numbers (`s2_scale`), clipped to [0, 1]."""
+  low, span = scale[..., 0, None, None, None], scale[..., 1, None, None, None]
+  stored = reflectance * np.float32(REFLECTANCE_SCALE)
+  return np.clip((stored - low) / span, 0.0, 1.0).astype(np.float32)
 
 
 def crop_size(data_config: Mapping[str, Any], *, train: bool, patch_size: int) -> int:

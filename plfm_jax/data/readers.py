@@ -10,7 +10,7 @@ import numpy as np
 import tifffile
 import tqdm
 
-from plfm_jax import tiff_errors
+from plfm_jax.data import tiff_errors
 from plfm_jax.data.layout import Scan, Series
 from plfm_jax.errors import InputError
 

@@ -12,17 +12,25 @@ from __future__ import annotations
 
 import os
 import pathlib
+from typing import Any, NamedTuple
 
 from absl import app
 import numpy as np
 import rasterio
 
+from plfm_jax import georef
 from plfm_jax.errors import InputError
 
 # R, G, B of the stack, in order.
 RGB_BANDS = ("B4", "B3", "B2")
 QA60 = "QA60"
 _SUFFIXES = (".tif", ".tiff")
+
+
+class _Grid(NamedTuple):
+  crs: Any
+  transform: Any
+  shape: tuple[int, int]
 
 
 def band_files(folder: str | os.PathLike) -> dict[str, pathlib.Path]:
@@ -66,8 +74,8 @@ def stack_rgb(folder: str | os.PathLike, out: str | os.PathLike) -> pathlib.Path
                          f"found {src.count} band(s) of {src.dtypes[0]}")
       if profile is None:
         profile = src.profile
-      elif (src.crs, src.transform, src.shape) != (profile["crs"], profile["transform"],
-                                                   (profile["height"], profile["width"])):
+        grid = _Grid(src.crs, src.transform, src.shape)
+      elif not georef.same_grid(src, grid):
         raise InputError(files[band], f"is not on the grid of {files[RGB_BANDS[0]].name}")
       bands.append(src.read(1))
   profile.update(count=3, dtype="uint16", photometric="minisblack", interleave="pixel",

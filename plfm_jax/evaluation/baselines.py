@@ -6,6 +6,11 @@ same matched to the cloudy date's clear pixels). The model-based methods are out
 `PLFM.predict`: each branch alone, the fused prediction and the composite (fused under clouds,
 the cloudy input's own pixels elsewhere). All images are (B, H, W, 3) in [0, 1]; the functions
 work on NumPy and JAX arrays alike, inside `jax.jit` too.
+
+Every method fills what the batch's `cloud_mask` flags and keeps the cloudy input elsewhere, as
+its user would get it with that mask (`method_images`): with a mask that misses haze, every
+method keeps the same haze, and the comparison stays one of filling, on the same pixels. PLFM
+fused is the model's own output (for a model without `keep_clear_pixels`, drawn everywhere).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from plfm_jax.models import gapfill
+from plfm_jax.models.plfm import composite
 
 Batch = Mapping[str, jax.Array]
 
@@ -26,7 +32,10 @@ def cloudy_input(batch: Batch) -> jax.Array:
 
 
 def _gapfill(method: gapfill.GapFill) -> Callable[[Batch], jax.Array]:
-  return lambda batch: method(batch["history"], batch["cloudy"], batch["cloud_mask"])
+  # The earlier dates as given (clouds and all, where a scenario clouds them): filling them is
+  # part of what the tool does, not of what the baselines do.
+  return lambda batch: method(batch.get("history_input", batch["history"]), batch["cloudy"],
+                              batch["cloud_mask"])
 
 
 BATCH_BASELINES: dict[str, Callable[[Batch], jax.Array]] = {
@@ -40,6 +49,8 @@ MODEL_OUTPUTS = {
     "plfm_fused": "fused",
     "plfm_composite": "composite",
 }
+# Methods scored as they are, not kept to the mask: the input itself and the model's output.
+_AS_THEY_ARE = ("cloudy_input", "plfm_fused")
 # Every method in report order: baselines first, PLFM last.
 METHODS = (*BATCH_BASELINES, *MODEL_OUTPUTS)
 LABELS = {
@@ -67,4 +78,6 @@ def method_images(batch: Batch, predictions: Mapping[str, jax.Array]) -> dict[st
   """
   images = {name: fn(batch) for name, fn in BATCH_BASELINES.items()}
   images.update({name: jnp.asarray(predictions[key]) for name, key in MODEL_OUTPUTS.items()})
-  return images
+  filled = lambda image: composite(image, batch["cloudy"], batch["cloud_mask"])
+  return {name: image if name in _AS_THEY_ARE else filled(image)
+          for name, image in images.items()}

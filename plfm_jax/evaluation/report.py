@@ -84,8 +84,10 @@ def write_json(path: str | os.PathLike, data: Mapping[str, Any]) -> pathlib.Path
 def read_summary(path: str | os.PathLike) -> dict[str, Any]:
   """A summary.json with its metric means as floats again (null -> NaN, "inf" -> inf)."""
   summary = json.loads(pathlib.Path(path).read_text(encoding="utf-8"))
-  summary["metrics"] = {method: {k: math.nan if v is None else float(v) for k, v in row.items()}
-                        for method, row in summary["metrics"].items()}
+  summary["metrics"] = {
+      scenario: {method: {k: math.nan if v is None else float(v) for k, v in row.items()}
+                 for method, row in methods.items()}
+      for scenario, methods in summary["metrics"].items()}
   return summary
 
 
@@ -124,6 +126,15 @@ def markdown_table(means: Mapping[str, Mapping[str, float]], labels: Mapping[str
   return "\n".join(lines) + "\n"
 
 
+# What each scenario of an evaluation gives the methods, for the report.
+SCENARIO_TITLES = {
+    "detected": "the tool's own detection (no mask given)",
+    "exact": "the exact mask (the upper bound)",
+    "qa60": "a QA60-like mask of the opaque cores, with the tool's detection",
+    "history_clouded": "no mask given, the latest earlier date clouded too",
+}
+
+
 def summary_markdown(summary: Mapping[str, Any], labels: Mapping[str, str]) -> str:
   """The human-readable report of an evaluation summary (as written to summary.json)."""
   clouds = summary["clouds"]
@@ -133,21 +144,30 @@ def summary_markdown(summary: Mapping[str, Any], labels: Mapping[str, str]) -> s
       f"# Evaluation: split `{summary['split']}`\n",
       f"- workdir: `{summary['workdir']}` (config variant `{summary['config_variant']}`)",
       f"- samples: {summary['num_samples']} at {summary['image_size']} px",
-      f"- clouds: simulated with seed {clouds['seed']}, coverage drawn from "
-      f"{low:.0%}-{high:.0%} per sample, union with QA60 cloud flags; measured mean coverage "
+      f"- clouds: simulated with seed {clouds['seed']}, coverage (clouds, haze fading out "
+      f"over a margin of {clouds['haze_margin']} and shadows) drawn from {low:.0%}-{high:.0%} "
+      f"per sample, union with QA60 cloud flags; measured mean coverage "
       f"{clouds['mean_coverage']:.1%}; every method sees the same clouds",
       f"- time: {timing['total_seconds']:.1f} s on {timing['device']}\n",
-      markdown_table(summary["metrics"], labels),
       "Means over samples (a sample without cloud pixels is left out of the cloud-area means). "
-      "PSNR in dB, SAM in degrees; `cloud` = cloud-covered pixels only; `shifted` = the PLFM "
-      f"reference protocol (crop {summary['shifted_protocol']['border']} px, best of shifts up "
-      f"to {summary['shifted_protocol']['max_shift']} px). Best per column in bold. Every "
-      "metric, also over clear pixels, per sample: `per_sample.csv`; means: `summary.json`.\n",
+      "PSNR in dB, SAM in degrees; `cloud` = every pixel the clouds, their haze and shadows "
+      "changed, whatever mask the methods were given; `shifted` = the PLFM reference protocol "
+      f"(crop {summary['shifted_protocol']['border']} px, best of shifts up to "
+      f"{summary['shifted_protocol']['max_shift']} px). Best per column in bold. Every metric, "
+      "also over clear pixels, per sample: `per_sample.csv`; means: `summary.json`.\n",
   ]
-  if summary.get("temporal_calibration") is not None:
-    parts.append(f"The temporal branch's correction was weighted by "
-                 f"{summary['temporal_calibration']:.2f} on average (1: applied whole, 0: turned "
-                 "off where it did not fit the cloudy dates' clear pixels).\n")
+  masks = summary["masks"]
+  for scenario in summary["scenarios"]:
+    parts.append(f"## Scenario `{scenario}`: {SCENARIO_TITLES.get(scenario, scenario)}\n")
+    parts.append(f"The mask given covers {masks['mask_coverage'][scenario]:.1%} of the pixels, "
+                 f"{masks['mask_recall'][scenario]:.1%} of the exact mask and "
+                 f"{masks['mask_false_alarm'][scenario]:.2%} of the pixels outside it.\n")
+    parts.append(markdown_table(summary["metrics"][scenario], labels))
+    calibration = summary.get("temporal_calibration", {}).get(scenario)
+    if calibration is not None:
+      parts.append(f"The temporal branch's correction was weighted by {calibration:.2f} on "
+                   "average (1: applied whole, 0: turned off where it did not fit the cloudy "
+                   "dates' clear pixels).\n")
   fid = summary["fid"]
   if fid["computed"]:
     parts.append("FID (lower is better): " + ", ".join(

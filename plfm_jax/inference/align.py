@@ -2,10 +2,10 @@
 
 Real exports rarely share one grid: the authors' downloader writes each date as a folder of
 per-band GeoTIFFs, and its Sentinel-1 image lies in another UTM zone on a slightly different
-grid. Here, date folders become R, G, B stacks (`plfm_jax.data.stack`), a folder's QA60 band
-becomes the cloud mask unless one is given, and every input whose size, geotransform or CRS
-differs from the cloudy date's is reprojected onto its grid with rasterio: bilinear for
-reflectance and dB, nearest for QA60. What lies outside an input's footprint becomes nodata
+grid. Here, date folders become R, G, B stacks (`plfm_jax.data.stack`), each folder's QA60 band
+becomes that date's given mask (the cloudy date's unless another mask is given), and every input
+not on the cloudy date's grid (`plfm_jax.georef.same_grid`) is reprojected onto it with
+rasterio: bilinear for reflectance and dB, nearest for masks. What lies outside an input's footprint becomes nodata
 (0 for Sentinel-2, NaN for Sentinel-1, read as -25 dB), and an input that covers less than
 MIN_COVERAGE of the cloudy date is refused. The cloudy date's own grid and georeference are never
 touched: the output keeps them exactly.
@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+from typing import NamedTuple
 
 import numpy as np
 import rasterio
 from rasterio import warp
 
+from plfm_jax import georef
 from plfm_jax.data import stack
 from plfm_jax.errors import InputError
+from plfm_jax.inference import rasters
 
 # Least share of the cloudy date's pixels an input must cover once on its grid.
 MIN_COVERAGE = 0.5
@@ -30,7 +33,8 @@ MIN_COVERAGE = 0.5
 def align_inputs(inputs, scratch: pathlib.Path):
   """(inputs on the cloudy date's grid, one note per change made); new files go to `scratch`.
 
-  `inputs` is a `scene.SceneInputs`; its `cloudy` and `history` may be date folders.
+  `inputs` is a `scene.SceneInputs`; its `cloudy` and `history` may be date folders, whose QA60
+  bands fill `cloud_mask` (when not given) and `history_masks`.
 
   Raises:
     InputError: a date folder lacks a band, or an input covers too little of the cloudy date.
@@ -44,41 +48,59 @@ def align_inputs(inputs, scratch: pathlib.Path):
     notes.append(f"{path}: bands {', '.join(stack.RGB_BANDS)} stacked as R, G, B")
     return stack.stack_rgb(path, scratch / f"{name}.tif")
 
-  qa60 = inputs.qa60
-  if qa60 is None and inputs.cloudy.is_dir():
-    qa60 = stack.band_files(inputs.cloudy).get(stack.QA60)
+  def folder_qa60(path: pathlib.Path) -> pathlib.Path | None:
+    qa60 = stack.band_files(path).get(stack.QA60) if path.is_dir() else None
     if qa60 is not None:
-      notes.append(f"{qa60}: used as the cloud mask")
+      notes.append(f"{qa60}: used as the cloud mask of its date (QA60)")
+    return qa60
+
+  cloud_mask, mask_format = inputs.cloud_mask, inputs.mask_format
+  if cloud_mask is None:
+    cloud_mask = folder_qa60(inputs.cloudy)
+    mask_format = "qa60" if cloud_mask is not None else mask_format
+  history_masks = tuple(folder_qa60(p) for p in inputs.history)
   cloudy = as_stack(inputs.cloudy, "cloudy")
   history = tuple(as_stack(p, f"history_{i}") for i, p in enumerate(inputs.history))
-  with rasterio.open(cloudy) as reference:
-    grid = (reference.crs, reference.transform, reference.height, reference.width)
+  if not cloudy.exists():
+    raise InputError(cloudy, "no such file (expected Sentinel-2 R, G, B of the cloudy date)")
+  with rasters.quiet(), rasterio.open(cloudy) as reference:
+    grid = _Grid(reference.crs, reference.transform, reference.shape)
 
-  def on_grid(path: pathlib.Path, name: str, resampling: warp.Resampling) -> pathlib.Path:
-    with rasterio.open(path) as src:
-      if (src.crs is None or grid[0] is None
-          or (src.crs == grid[0] and src.transform.almost_equals(grid[1])
-              and src.shape == grid[2:])):
+  def on_grid(path: pathlib.Path | None, name: str,
+              resampling: warp.Resampling) -> pathlib.Path | None:
+    if path is None or not path.exists():
+      return path  # The readers name a missing file.
+    with rasters.quiet(), rasterio.open(path) as src:
+      if src.crs is None or grid.crs is None or georef.same_grid(src, grid):
         # The same grid, or one that cannot be reprojected: the readers check it.
         return path
       out = scratch / f"{name}.tif"
       _reproject(src, out, grid, resampling)
     notes.append(f"{path}: reprojected from {src.crs} onto the cloudy date's grid "
-                 f"({grid[0]}, {grid[3]} x {grid[2]} px), {resampling.name}")
+                 f"({grid.crs}, {grid.shape[1]} x {grid.shape[0]} px), {resampling.name}")
     return out
 
-  history = tuple(on_grid(p, f"history_{i}_aligned", warp.Resampling.bilinear)
-                  for i, p in enumerate(history))
-  sar = on_grid(inputs.sar, "sar_aligned", warp.Resampling.bilinear)
-  if qa60 is not None:
-    qa60 = on_grid(qa60, "qa60_aligned", warp.Resampling.nearest)
-  return dataclasses.replace(inputs, cloudy=cloudy, history=history, sar=sar, qa60=qa60), notes
+  return dataclasses.replace(
+      inputs, cloudy=cloudy,
+      history=tuple(on_grid(p, f"history_{i}_aligned", warp.Resampling.bilinear)
+                    for i, p in enumerate(history)),
+      sar=on_grid(inputs.sar, "sar_aligned", warp.Resampling.bilinear),
+      cloud_mask=on_grid(cloud_mask, "cloud_mask_aligned", warp.Resampling.nearest),
+      mask_format=mask_format,
+      history_masks=tuple(on_grid(m, f"history_mask_{i}_aligned", warp.Resampling.nearest)
+                          for i, m in enumerate(history_masks))), notes
+
+
+class _Grid(NamedTuple):
+  crs: object
+  transform: object
+  shape: tuple[int, int]
 
 
 def _reproject(src, out: pathlib.Path, grid, resampling: warp.Resampling) -> None:
   """Writes `src` reprojected onto `grid` (crs, transform, height, width) as `out`; refuses it
   when it covers less than MIN_COVERAGE of the grid."""
-  crs, transform, height, width = grid
+  crs, transform, (height, width) = grid
   floating = np.issubdtype(np.dtype(src.dtypes[0]), np.floating)
   dtype = np.float32 if floating else np.dtype(src.dtypes[0])
   nodata = np.nan if floating else (src.nodata if src.nodata is not None else 0)

@@ -38,6 +38,16 @@ def window_starts(length: int, tile: int, overlap: int) -> np.ndarray:
   return np.round(np.linspace(0, length - tile, count)).astype(np.int64)
 
 
+def own_parts(starts: np.ndarray, tile: int, length: int) -> list[tuple[int, int]]:
+  """For each window of `tile` px at `starts` along an axis of `length`, the [low, high) offsets
+  inside it of the pixels nearer its centre than any other window's: together the windows' own
+  parts cover the axis once."""
+  centres = [int(s) + tile / 2 for s in starts]
+  bounds = [0] + [int((a + b) // 2) for a, b in zip(centres, centres[1:])] + [length]
+  return [(bounds[k] - int(s), min(bounds[k + 1], length) - int(s))
+          for k, s in enumerate(starts)]
+
+
 def feather(tile: int, overlap: int) -> np.ndarray:
   """1-D window weights (tile,) float32: a linear ramp over `overlap` pixels at both ends.
 

@@ -14,6 +14,11 @@ every earlier date split into spatial frequency bands, so that each scale gets i
 field pattern and the large-area brightness of a season change in different ways (a date's fine
 structure may carry over while its broad brightness does not), and one gain per band would have to
 compromise between them. Where too few pixels are clear for a fit, the unmatched image is used.
+
+Real masks miss haze, thin cloud and shadows, and an earlier date can hold clouds of its own, so
+by default every fit is robust (`robust_linear_fit`): iteratively reweighted least squares that
+gives pixels far off the fit less weight (Huber) and then none (Tukey), so that the pixels no mask
+caught do not bend it. `fill_history` fills each earlier date's clouds from the other dates.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-GapFill = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+# (history, cloudy, cloud_mask, *, robust) -> image.
+GapFill = Callable[..., jax.Array]
 
 # Fewest clear pixels per fitted coefficient (gain or offset) for a fit to be used.
 MIN_CLEAR_PER_COEFFICIENT = 8
@@ -35,6 +41,58 @@ _RIDGE = 1e-6
 # into frequency bands for `matched_multiscale`: the split with the best validation score among
 # those of scripts/prior_selection.py (docs/results.md).
 MULTISCALE_RADII = (1, 4, 16, 64)
+# The robust fit: Huber steps from the least-squares start (a convex problem, so they cannot lock
+# onto a wrong fit), then Tukey steps that give gross outliers no weight at all; the usual tuning
+# constants (95% efficiency on Gaussian noise), in robust standard deviations.
+HUBER_STEPS = 3
+TUKEY_STEPS = 3
+HUBER_C = 1.345
+TUKEY_C = 4.685
+# Median absolute deviation -> standard deviation of Gaussian noise.
+MAD_TO_STD = 1.4826
+# Floor of a residual's robust standard deviation (reflectance): fits that are exact up to
+# rounding must not call every rounding difference an outlier.
+MIN_RESIDUAL_STD = 1e-4
+# Fits use a strided subsample of at most about this many pixels per coefficient (and at least
+# _MIN_FIT_SAMPLES): gains and offsets are as good from them as from every pixel of a large
+# block, at a fraction of the cost.
+FIT_SAMPLES_PER_COEFFICIENT = 256
+_MIN_FIT_SAMPLES = 4096
+# Bisection steps of `masked_quantile`: its result is within 2^-steps of the largest value.
+_MEDIAN_STEPS = 24
+
+
+def spd_solve(a: jax.Array, b: jax.Array) -> jax.Array:
+  """x of a @ x = b for symmetric positive definite (B, F, F) `a` and (B, F, C) `b`: Cholesky
+  and two triangular solves, column by column in loops of plain array operations.
+
+  Not `jnp.linalg.solve`: XLA:CPU runs its LAPACK kernel on the thread pool that also runs the
+  program, and an evaluation step with dozens of independent fits deadlocked there on two
+  threads, every pool thread waiting inside a solve for the others.
+  """
+  features = a.shape[-1]
+  index = jnp.arange(features)
+
+  def cholesky_column(j, lower):
+    row = jnp.where(index < j, lower[:, j, :], 0.0)                       # L[j, :j]
+    diagonal = jnp.sqrt(jnp.maximum(a[:, j, j] - jnp.sum(row * row, axis=-1), 1e-30))
+    column = (a[:, :, j] - jnp.einsum("bik,bk->bi", lower, row)) / diagonal[:, None]
+    column = jnp.where(index > j, column, jnp.where(index == j, diagonal[:, None], 0.0))
+    return lower.at[:, :, j].set(column)
+
+  lower = jax.lax.fori_loop(0, features, cholesky_column, jnp.zeros_like(a))
+
+  def forward(i, z):  # L z = b
+    done = jnp.einsum("bk,bkc->bc", jnp.where(index < i, lower[:, i, :], 0.0), z)
+    return z.at[:, i].set((b[:, i] - done) / lower[:, i, i, None])
+
+  def backward(k, x):  # L^T x = z, from the last row up
+    i = features - 1 - k
+    done = jnp.einsum("bk,bkc->bc", jnp.where(index > i, lower[:, :, i], 0.0), x)
+    return x.at[:, i].set((z[:, i] - done) / lower[:, i, i, None])
+
+  z = jax.lax.fori_loop(0, features, forward, jnp.zeros_like(b))
+  return jax.lax.fori_loop(0, features, backward, jnp.zeros_like(b))
 
 
 def linear_fit(x: jax.Array, y: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -49,19 +107,119 @@ def linear_fit(x: jax.Array, y: jax.Array, weights: jax.Array) -> tuple[jax.Arra
     gain (B, F, C) and offset (B, C). A batch row without weight gets gain 0 and offset 0.
   """
   w = weights[..., None]
-  total = jnp.sum(w, axis=1, keepdims=True)
-  safe_total = jnp.maximum(total, 1e-12)
-  x_mean = jnp.sum(w * x, axis=1, keepdims=True) / safe_total
-  y_mean = jnp.sum(w * y, axis=1, keepdims=True) / safe_total
+  # Sums as contractions: XLA:CPU runs them as fast matrix products, plain reductions over the
+  # pixel axis several times slower.
+  safe_total = jnp.maximum(jnp.sum(weights, axis=1), 1e-12)[:, None, None]
+  x_mean = jnp.einsum("bn,bnf->bf", weights, x)[:, None] / safe_total
+  y_mean = jnp.einsum("bn,bnc->bc", weights, y)[:, None] / safe_total
   xc, yc = x - x_mean, y - y_mean
   # Centred sums (two passes) keep float32 precise for the small variances of reflectance.
   xx = jnp.einsum("bnf,bng->bfg", w * xc, xc)
   xy = jnp.einsum("bnf,bnc->bfc", w * xc, yc)
   features = x.shape[-1]
   ridge = _RIDGE * jnp.trace(xx, axis1=1, axis2=2) / features + 1e-20
-  gain = jnp.linalg.solve(xx + ridge[:, None, None] * jnp.eye(features, dtype=x.dtype), xy)
+  gain = spd_solve(xx + ridge[:, None, None] * jnp.eye(features, dtype=x.dtype), xy)
   offset = y_mean[:, 0] - jnp.einsum("bf,bfc->bc", x_mean[:, 0], gain)
   return gain, offset
+
+
+def masked_quantile(values: jax.Array, included: jax.Array, q: float = 0.5) -> jax.Array:
+  """(R,) `q` quantile of the non-negative (R, N) `values` where `included`, by bisection on
+  [0, max]: comparisons and counts instead of a sort, which XLA:CPU runs dozens of times
+  slower."""
+  included = included.astype(jnp.float32)
+  rank = q * jnp.sum(included, axis=1)
+
+  def step(_, bounds):
+    low, high = bounds
+    middle = 0.5 * (low + high)
+    below = jnp.einsum("rn,rn->r", included, (values <= middle[:, None]).astype(jnp.float32))
+    return jnp.where(below < rank, middle, low), jnp.where(below < rank, high, middle)
+
+  high = jnp.max(jnp.where(included > 0, values, 0.0), axis=1)
+  low, high = jax.lax.fori_loop(0, _MEDIAN_STEPS, step, (jnp.zeros_like(high), high))
+  return 0.5 * (low + high)
+
+
+def nanmedian_small(values: jax.Array, axis: int) -> jax.Array:
+  """`jnp.nanmedian` over a short `axis` (a few dates): NaN is missing, NaN where all are.
+
+  An odd-even transposition network of elementwise min and max: XLA fuses it, where a sort
+  along a short axis runs element by element on CPU, about a hundred times slower.
+  """
+  rows = list(jnp.moveaxis(values, axis, 0))
+  count = sum((~jnp.isnan(row)).astype(jnp.int32) for row in rows)
+  rows = [jnp.where(jnp.isnan(row), jnp.inf, row) for row in rows]
+  for step in range(len(rows)):
+    for i in range(step % 2, len(rows) - 1, 2):
+      rows[i], rows[i + 1] = jnp.minimum(rows[i], rows[i + 1]), jnp.maximum(rows[i], rows[i + 1])
+  pick = lambda index: sum(jnp.where(index == i, row, 0.0) for i, row in enumerate(rows))
+  median = 0.5 * (pick((count - 1) // 2) + pick(count // 2))
+  return jnp.where(count > 0, median, jnp.nan)
+
+
+def robust_std(residual: jax.Array, weights: jax.Array) -> jax.Array:
+  """(B, 1, C) robust standard deviation (MAD_TO_STD x median |residual|) of (B, N, C) residuals
+  over the pixels of non-zero (B, N) weight, at least MIN_RESIDUAL_STD; 1 without any pixel."""
+  b, n, c = residual.shape
+  rows = jnp.moveaxis(jnp.abs(residual), -1, 1).reshape(b * c, n)
+  median = masked_quantile(rows, jnp.repeat(weights > 0, c, axis=0)).reshape(b, 1, c)
+  any_pixel = jnp.any(weights > 0, axis=1)[:, None, None]
+  return jnp.where(any_pixel, jnp.maximum(MAD_TO_STD * median, MIN_RESIDUAL_STD), 1.0)
+
+
+def _huber(u: jax.Array) -> jax.Array:
+  return jnp.minimum(1.0, HUBER_C / jnp.maximum(u, 1e-12))
+
+
+def _tukey(u: jax.Array) -> jax.Array:
+  return jnp.square(jnp.clip(1.0 - jnp.square(u / TUKEY_C), 0.0, None))
+
+
+def robust_linear_fit(x: jax.Array, y: jax.Array,
+                      weights: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """`linear_fit` by iteratively reweighted least squares: pixels far off the fit lose weight.
+
+  Each step weighs every pixel by its largest residual over the C targets, in units of each
+  target's robust standard deviation (`robust_std`): HUBER_STEPS Huber steps, then TUKEY_STEPS
+  Tukey biweight steps. The weights are data, not parameters: no gradient flows through them.
+
+  Returns:
+    gain (B, F, C), offset (B, C) and the final (B, N) pixel weights (`weights` times the robust
+    ones; their sum is the fit's support).
+  """
+  def step(weigh: Callable[[jax.Array], jax.Array]):
+    def body(_, fit):
+      gain, offset, final = fit
+      residual = jax.lax.stop_gradient(
+          y - jnp.einsum("bnf,bfc->bnc", x, gain) - offset[:, None])
+      u = jnp.max(jnp.abs(residual) / robust_std(residual, final), axis=-1)
+      final = weights * weigh(u)
+      return (*linear_fit(x, y, final), final)
+    return body
+
+  # Loops, not unrolled steps: every fit of an evaluation would otherwise add its steps' graph
+  # to the program, and XLA's compile time with them.
+  fit = (*linear_fit(x, y, weights), weights)
+  fit = jax.lax.fori_loop(0, HUBER_STEPS, step(_huber), fit)
+  return jax.lax.fori_loop(0, TUKEY_STEPS, step(_tukey), fit)
+
+
+def _fit(x: jax.Array, y: jax.Array, weights: jax.Array,
+         robust: bool) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(gain, offset, support): the least-squares or robust fit on a subsample of the N pixels
+  (FIT_SAMPLES_PER_COEFFICIENT), and the (B,) number of pixels it rests on (its weights' sum,
+  scaled to N)."""
+  samples = max(_MIN_FIT_SAMPLES, FIT_SAMPLES_PER_COEFFICIENT * (x.shape[-1] + 1))
+  stride = max(1, x.shape[1] // samples)
+  # The barrier keeps XLA from fusing the strided read into every step of the fit.
+  x, y, weights = jax.lax.optimization_barrier(
+      (x[:, ::stride], y[:, ::stride], weights[:, ::stride]))
+  if robust:
+    gain, offset, final = robust_linear_fit(x, y, weights)
+  else:
+    (gain, offset), final = linear_fit(x, y, weights), weights
+  return gain, offset, stride * jnp.sum(final, axis=1)
 
 
 def _clear_weights(cloud_mask: jax.Array) -> jax.Array:
@@ -70,75 +228,113 @@ def _clear_weights(cloud_mask: jax.Array) -> jax.Array:
   return (1.0 - mask).reshape(mask.shape[0], -1).astype(jnp.float32)
 
 
-def match_bands(source: jax.Array, cloudy: jax.Array, cloud_mask: jax.Array) -> jax.Array:
-  """`source` (B, H, W, C) with a gain and offset per band fitted to the clear pixels of `cloudy`.
+def match_bands(source: jax.Array, cloudy: jax.Array, cloud_mask: jax.Array, *,
+                robust: bool = True) -> jax.Array:
+  """`source` (B, H, W, C) with a gain and offset per band fitted to the clear pixels of `cloudy`
+  (robustly, `robust_linear_fit`, or by least squares).
 
-  Returns `source` unchanged where fewer than 2 * MIN_CLEAR_PER_COEFFICIENT pixels are clear;
-  clipped to [0, 1].
+  Returns `source` unchanged where the fit rests on fewer than 2 * MIN_CLEAR_PER_COEFFICIENT
+  pixels; clipped to [0, 1].
   """
   source, cloudy = jnp.asarray(source, jnp.float32), jnp.asarray(cloudy, jnp.float32)
   b, h, w, c = source.shape
   weights = _clear_weights(cloud_mask)
   # Bands become batch rows, each with one feature.
   to_rows = lambda image: jnp.moveaxis(image.reshape(b, h * w, c), -1, 1).reshape(b * c, h * w, 1)
-  gain, offset = linear_fit(to_rows(source), to_rows(cloudy), jnp.repeat(weights, c, axis=0))
+  gain, offset, support = _fit(to_rows(source), to_rows(cloudy), jnp.repeat(weights, c, axis=0),
+                               robust)
   gain, offset = gain.reshape(b, 1, 1, c), offset.reshape(b, 1, 1, c)
-  reliable = (weights.sum(axis=1) >= 2 * MIN_CLEAR_PER_COEFFICIENT)[:, None, None, None]
+  reliable = (support >= 2 * MIN_CLEAR_PER_COEFFICIENT).reshape(b, 1, 1, c)
   return jnp.clip(jnp.where(reliable, gain * source + offset, source), 0.0, 1.0)
 
 
-def match_history(history: jax.Array, cloudy: jax.Array, cloud_mask: jax.Array) -> jax.Array:
+def match_history(history: jax.Array, cloudy: jax.Array, cloud_mask: jax.Array, *,
+                  robust: bool = True) -> jax.Array:
   """Every earlier date (B, T, H, W, C) matched to the cloudy date band by band (`match_bands`)."""
   history = jnp.asarray(history, jnp.float32)
   b, t = history.shape[:2]
   repeat = lambda x: jnp.repeat(jnp.asarray(x), t, axis=0)
   matched = match_bands(history.reshape(b * t, *history.shape[2:]), repeat(cloudy),
-                        repeat(cloud_mask))
+                        repeat(cloud_mask), robust=robust)
   return matched.reshape(history.shape)
 
 
-def persistence(history: jax.Array, cloudy: jax.Array, cloud_mask: jax.Array) -> jax.Array:
-  """The most recent earlier date."""
-  del cloudy, cloud_mask
+def fill_history(history: jax.Array, history_mask: jax.Array, *,
+                 robust: bool = True) -> jax.Array:
+  """Each earlier date with its clouds (`history_mask` (B, T, H, W, 1), 1 = cloud or shadow)
+  filled from the other earlier dates.
+
+  A masked pixel of date t becomes the median, over the other dates clear there, of those dates
+  matched band by band to date t (`match_bands`, fitted on the pixels clear in both); where no
+  other date is clear, the median of all other dates so matched. The cloudy date itself is never
+  a source: its clear pixels are what the prior is fitted to, and a feature copied from them
+  would fit them by construction. Unmasked pixels are returned exactly; with one earlier date
+  nothing can be filled.
+  """
+  history = jnp.asarray(history, jnp.float32)
+  mask = jnp.asarray(history_mask, jnp.float32)
+  b, t = history.shape[:2]
+  if t < 2:
+    return history
+  pairs = [(target, source) for target in range(t) for source in range(t) if source != target]
+  target, source = (np.array(index) for index in zip(*pairs))
+  rows = lambda x, index: jnp.moveaxis(x[:, index], 1, 0).reshape(-1, *x.shape[2:])
+  matched = match_bands(rows(history, source), rows(history, target),
+                        jnp.maximum(rows(mask, source), rows(mask, target)), robust=robust)
+  # (T, T - 1, B, H, W, C): per date, its other dates matched to it.
+  matched = matched.reshape(t, t - 1, b, *history.shape[2:])
+  source_masked = jnp.moveaxis(mask[:, source], 1, 0).reshape(t, t - 1, b, *mask.shape[2:]) > 0.5
+  clear_median = nanmedian_small(jnp.where(source_masked, jnp.nan, matched), axis=1)
+  candidate = jnp.where(jnp.isnan(clear_median), nanmedian_small(matched, axis=1), clear_median)
+  return jnp.where(mask > 0.5, jnp.moveaxis(candidate, 0, 1), history)
+
+
+def persistence(history: jax.Array, cloudy: jax.Array, cloud_mask: jax.Array, *,
+                robust: bool = True) -> jax.Array:
+  """The most recent earlier date (`robust` is ignored: nothing is fitted)."""
+  del cloudy, cloud_mask, robust
   return jnp.asarray(history, jnp.float32)[:, -1]
 
 
-def temporal_mean(history: jax.Array, cloudy: jax.Array, cloud_mask: jax.Array) -> jax.Array:
-  """Per-pixel mean of the earlier dates."""
-  del cloudy, cloud_mask
+def temporal_mean(history: jax.Array, cloudy: jax.Array, cloud_mask: jax.Array, *,
+                  robust: bool = True) -> jax.Array:
+  """Per-pixel mean of the earlier dates (`robust` is ignored: nothing is fitted)."""
+  del cloudy, cloud_mask, robust
   return jnp.mean(jnp.asarray(history, jnp.float32), axis=1)
 
 
-def temporal_median(history: jax.Array, cloudy: jax.Array, cloud_mask: jax.Array) -> jax.Array:
-  """Per-pixel median of the earlier dates."""
-  del cloudy, cloud_mask
+def temporal_median(history: jax.Array, cloudy: jax.Array, cloud_mask: jax.Array, *,
+                    robust: bool = True) -> jax.Array:
+  """Per-pixel median of the earlier dates (`robust` is ignored: nothing is fitted)."""
+  del cloudy, cloud_mask, robust
   return jnp.median(jnp.asarray(history, jnp.float32), axis=1)
 
 
-def matched_persistence(history: jax.Array, cloudy: jax.Array,
-                        cloud_mask: jax.Array) -> jax.Array:
+def matched_persistence(history: jax.Array, cloudy: jax.Array, cloud_mask: jax.Array, *,
+                        robust: bool = True) -> jax.Array:
   """The most recent earlier date, matched to the cloudy date's clear pixels band by band."""
-  return match_bands(persistence(history, cloudy, cloud_mask), cloudy, cloud_mask)
+  return match_bands(persistence(history, cloudy, cloud_mask), cloudy, cloud_mask, robust=robust)
 
 
-def matched_mean(history: jax.Array, cloudy: jax.Array, cloud_mask: jax.Array) -> jax.Array:
+def matched_mean(history: jax.Array, cloudy: jax.Array, cloud_mask: jax.Array, *,
+                 robust: bool = True) -> jax.Array:
   """The temporal mean, matched to the cloudy date's clear pixels band by band."""
-  return match_bands(temporal_mean(history, cloudy, cloud_mask), cloudy, cloud_mask)
+  return match_bands(temporal_mean(history, cloudy, cloud_mask), cloudy, cloud_mask,
+                     robust=robust)
 
 
 def _regressed(features: jax.Array, cloudy: jax.Array, cloud_mask: jax.Array,
-               fallback: jax.Array) -> jax.Array:
+               fallback: jax.Array, robust: bool) -> jax.Array:
   """Each band of `cloudy` as a linear function of (B, H, W, F) `features`, fitted on the clear
-  pixels and applied everywhere; `fallback` where fewer than MIN_CLEAR_PER_COEFFICIENT pixels per
-  coefficient are clear. Clipped to [0, 1]."""
+  pixels and applied everywhere; `fallback` where the fit rests on fewer than
+  MIN_CLEAR_PER_COEFFICIENT pixels per coefficient. Clipped to [0, 1]."""
   b, h, w, f = features.shape
   c = cloudy.shape[-1]
   features = features.reshape(b, h * w, f)
-  weights = _clear_weights(cloud_mask)
-  gain, offset = linear_fit(features, jnp.asarray(cloudy, jnp.float32).reshape(b, h * w, c),
-                            weights)
+  gain, offset, support = _fit(features, jnp.asarray(cloudy, jnp.float32).reshape(b, h * w, c),
+                               _clear_weights(cloud_mask), robust)
   fitted = (jnp.einsum("bnf,bfc->bnc", features, gain) + offset[:, None]).reshape(b, h, w, c)
-  reliable = weights.sum(axis=1) >= MIN_CLEAR_PER_COEFFICIENT * (f + 1)
+  reliable = support >= MIN_CLEAR_PER_COEFFICIENT * (f + 1)
   return jnp.clip(jnp.where(reliable[:, None, None, None], fitted, fallback), 0.0, 1.0)
 
 
@@ -148,8 +344,8 @@ def _dates_as_bands(history: jax.Array) -> jax.Array:
   return jnp.moveaxis(history, 1, 3).reshape(b, h, w, t * c)
 
 
-def matched_regression(history: jax.Array, cloudy: jax.Array,
-                       cloud_mask: jax.Array) -> jax.Array:
+def matched_regression(history: jax.Array, cloudy: jax.Array, cloud_mask: jax.Array, *,
+                       robust: bool = True) -> jax.Array:
   """Each band of the cloudy date as a linear function of every band of every earlier date.
 
   Fitted on the clear pixels (T * C features and an offset per output band); the temporal mean
@@ -157,7 +353,7 @@ def matched_regression(history: jax.Array, cloudy: jax.Array,
   """
   history = jnp.asarray(history, jnp.float32)
   return _regressed(_dates_as_bands(history), cloudy, cloud_mask,
-                    temporal_mean(history, cloudy, cloud_mask))
+                    temporal_mean(history, cloudy, cloud_mask), robust)
 
 
 def _window_counts(size: int, radius: int) -> np.ndarray:
@@ -191,7 +387,8 @@ def frequency_bands(images: jax.Array, radii: tuple[int, ...] = MULTISCALE_RADII
   return jnp.concatenate([*bands, finer], axis=-1)
 
 
-def matched_multiscale(history: jax.Array, cloudy: jax.Array, cloud_mask: jax.Array,
+def matched_multiscale(history: jax.Array, cloudy: jax.Array, cloud_mask: jax.Array, *,
+                       robust: bool = True,
                        radii: tuple[int, ...] = MULTISCALE_RADII) -> jax.Array:
   """`matched_regression` with every earlier date split into frequency bands (`frequency_bands`
   with `radii`): each band of the cloudy date as a linear function of every band of every date
@@ -203,7 +400,7 @@ def matched_multiscale(history: jax.Array, cloudy: jax.Array, cloud_mask: jax.Ar
   """
   history = jnp.asarray(history, jnp.float32)
   return _regressed(frequency_bands(_dates_as_bands(history), radii), cloudy, cloud_mask,
-                    matched_regression(history, cloudy, cloud_mask))
+                    matched_regression(history, cloudy, cloud_mask, robust=robust), robust)
 
 
 # Every method by name, simplest first.

@@ -9,8 +9,10 @@ the temporal branch outputs [0, 1] (sigmoid), or a correction to a prior in resi
 conversions happen in this module and nowhere else.
 
 Batches are dicts of channels-last float arrays: "history" (B, T, H, W, 3) the earlier dates,
-oldest first; "cloudy" (B, H, W, 3) the date to restore; "cloud_mask" (B, H, W, 1), 1 where it
-is covered; "sar" (B, H, W, 1) Sentinel-1 VV of the cloudy date scaled to [0, 1].
+oldest first (their clouds filled, `plfm_jax.data.inputs`); "cloudy" (B, H, W, 3) the date to
+restore; "cloud_mask" (B, H, W, 1), 1 where it is covered; "sar" (B, H, W, 1) Sentinel-1 VV of
+the cloudy date scaled to [0, 1], optional: without it the SAR branch and the head do not run and
+the fused image is the temporal branch's (other keys are ignored).
 """
 
 from __future__ import annotations
@@ -127,6 +129,9 @@ class PLFM:
       branch adds a correction to that method's image, and equals it before training.
     match_history: the temporal branch reads the earlier dates matched band by band to the clear
       pixels of the cloudy date (`gapfill.match_history`) instead of as they are.
+    robust_prior: the prior and the matching are fitted robustly (`gapfill.robust_linear_fit`:
+      cloud, haze and shadow pixels that no mask caught get no weight) instead of by least
+      squares.
     head_output: what the head produces. "image" (reference): the fused image itself (tanh).
       "residual": a correction added to the temporal output. "affine": per pixel and band two
       gains and an offset, fused = temporal + g_c d + g_t (temporal - mean) + std * offset,
@@ -154,6 +159,7 @@ class PLFM:
   head_inputs: str = "branches"
   temporal_prior: str = "none"
   match_history: bool = False
+  robust_prior: bool = False
   head_output: str = "image"
   calibrate_temporal: bool = False
   keep_clear_pixels: bool = False
@@ -201,6 +207,8 @@ class PLFM:
         head_inputs=model_config.head_inputs,
         temporal_prior=model_config.temporal_prior,
         match_history=model_config.match_history,
+        # Models saved before the switch existed were fitted by least squares.
+        robust_prior=model_config.get("robust_prior", False),
         head_output=model_config.head_output,
         calibrate_temporal=model_config.calibrate_temporal,
         keep_clear_pixels=model_config.keep_clear_pixels,
@@ -254,7 +262,8 @@ class PLFM:
     """The earlier dates as the temporal branch reads them (the reference: as they are)."""
     history = batch["history"]
     if self.match_history:
-      history = gapfill.match_history(history, batch["cloudy"], batch["cloud_mask"])
+      history = gapfill.match_history(history, batch["cloudy"], batch["cloud_mask"],
+                                      robust=self.robust_prior)
     return scale.encode(history) if self.standardize else history
 
   def prior(self, batch: Batch) -> jax.Array | None:
@@ -262,7 +271,7 @@ class PLFM:
     if self.temporal_prior == "none":
       return None
     return gapfill.METHODS[self.temporal_prior](batch["history"], batch["cloudy"],
-                                                batch["cloud_mask"])
+                                                batch["cloud_mask"], robust=self.robust_prior)
 
   @staticmethod
   def calibration(correction: jax.Array, prior: jax.Array, batch: Batch) -> jax.Array:
@@ -329,7 +338,9 @@ class PLFM:
 
     Args:
       variables: {component: variables}; components missing here are skipped (the head needs
-        both branches).
+        both branches), and so are the SAR branch and the head for a batch without "sar": the
+        fused image is then the temporal branch's (kept to the clear pixels with
+        `keep_clear_pixels`).
       batch: as in the module docstring.
       train: components run in training mode (batch statistics, updated BatchNorm averages);
         the others run in inference mode.
@@ -354,6 +365,12 @@ class PLFM:
           correction = out["calibration"] * correction
         image = jnp.clip(prior + correction, 0.0, 1.0)
       out["temporal"] = image
+    if "sar" not in batch:
+      if "temporal" in v and "head" in v:
+        out["fused"] = out["temporal"]
+        if self.keep_clear_pixels:
+          out["fused"] = composite(out["fused"], batch["cloudy"], batch["cloud_mask"])
+      return out, v
     if "generator" in v:
       out["sar_branch"], v["generator"] = self.sar_branch(v["generator"], batch["sar"],
                                                           train="generator" in train)

@@ -62,10 +62,7 @@ class StageRunner:
     self.config = config
     self.workdir = pathlib.Path(workdir)
     self.allow_config_change = allow_config_change
-    if devices is None and config.train.num_devices > 0:
-      devices = jax.devices()[:config.train.num_devices]
-    self.mesh = sharding.make_mesh(devices)
-    sharding.check_batch_size(config.batch_size, self.mesh)
+    self.mesh = sharding.config_mesh(config, devices)
     self.replicated = sharding.replicated(self.mesh)
     self.model = PLFM.from_config(config.model)
     self.hyper = steps.Hyper.from_config(config.train)

@@ -1,0 +1,133 @@
+"""Scene throughput of `predict.py` with the shipped weights: `python -m bench.scene`.
+
+    .venv/bin/python -m bench.scene [--size=2048] [--dates=3] [--coverage=0.3] [--out=FILE.json]
+
+Writes a synthetic georeferenced scene (`--size` px square, `--dates` earlier dates, the last
+date under simulated clouds, haze and shadows covering `--coverage`, S1 VV), then runs
+`scene.predict_scene` on it, as `predict.py` does, once per layout of LAYOUTS, each in its own
+worker process (its own compilation, its own peak memory), one after the other in one run: the
+default (512 px windows, the detection and the prior fitted per window) and the previous
+release's layout (64 px windows overlapping by 16, the model's crop size), whose ratio to the
+default is the speed-up measured side by side. For each: wall seconds (after one warm-up run on
+the same scene, so compilation is not counted), pixels per second, the windows run, the time a
+10980 x 10980 Sentinel-2 granule would take at that rate, and the worker's peak resident memory.
+Prints a table; `--out` (default bench/results/<machine>-scene.json) keeps the JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import tempfile
+import time
+from typing import Any
+
+from absl import flags
+import numpy as np
+import rasterio
+from rasterio.transform import from_origin
+
+from bench import measure
+
+FLAGS = flags.FLAGS
+GRANULE = 10980
+# (name, window, overlap): the default and the previous release's layout.
+LAYOUTS = (("default", 512, 64), ("64 px windows (previous layout)", 64, 16))
+
+
+def write_scene(folder: pathlib.Path, size: int, dates: int, coverage: float) -> dict[str, Any]:
+  """The scene's GeoTIFFs (UTM 32N, 10 m), as predict.py's flags."""
+  from plfm_jax.data.clouds import simulate_clouds
+  from plfm_jax.data.normalize import s2_reflectance
+  from plfm_jax.data.synthetic import synthesize_zone
+  rng = np.random.default_rng(0)
+  months = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug")[:dates + 1]
+  s2, s1 = next(synthesize_zone(rng, 1, image_size=size, months=months))
+  cloudy, _, _ = simulate_clouds(s2_reflectance(s2[-1]), rng, coverage=coverage,
+                                 haze_margin=0.1)
+  profile = dict(driver="GTiff", height=size, width=size, crs="EPSG:32632",
+                 transform=from_origin(399960.0, 5000040.0, 10.0, 10.0), tiled=True)
+
+  def write(name: str, image: np.ndarray) -> str:
+    image = image if image.ndim == 3 else image[..., None]
+    path = folder / name
+    with rasterio.open(path, "w", count=image.shape[-1], dtype=image.dtype, **profile) as dst:
+      dst.write(np.moveaxis(image, -1, 0))
+    return str(path)
+
+  return {"cloudy": write("cloudy.tif", np.rint(cloudy * 10000).astype(np.uint16)),
+          "history": [write(f"date_{t}.tif", s2[t]) for t in range(dates)],
+          "sar": write("vv.tif", s1[-1].astype(np.float32))}
+
+
+def run_layout(spec: dict[str, Any]) -> dict[str, Any]:
+  """Worker: predict_scene with the shipped weights, a warm-up run and a timed one."""
+  from plfm_jax import runtime
+  runtime.configure(False)
+  from plfm_jax import weights
+  from plfm_jax.inference import scene
+  shipped = weights.load(weights.SHIPPED[0])
+  model = scene.tile_model(shipped.config, shipped.variables)
+  inputs = scene.SceneInputs(cloudy=pathlib.Path(spec["cloudy"]),
+                             history=tuple(map(pathlib.Path, spec["history"])),
+                             sar=pathlib.Path(spec["sar"]))
+  out = pathlib.Path(spec["folder"]) / f"restored_{spec['window']}.tif"
+  run = lambda: scene.predict_scene(inputs, out, model, window=spec["window"],
+                                    overlap=spec["overlap"], overwrite=True, progress=False)
+  run()
+  started = time.perf_counter()
+  report = run()
+  seconds = time.perf_counter() - started
+  pixels = report.height * report.width
+  return {"seconds": seconds, "pixels_per_second": pixels / seconds, "windows": report.windows,
+          "restored_fraction": report.cloud_fraction,
+          "granule_minutes": GRANULE**2 / (pixels / seconds) / 60,
+          "peak_rss_mib": measure.peak_rss_mib()}
+
+
+def main(argv) -> None:
+  del argv
+  started = time.perf_counter()
+  results = []
+  with tempfile.TemporaryDirectory(prefix="plfm_bench_scene_") as tmp:
+    folder = pathlib.Path(tmp)
+    measure.log(f"writing a {FLAGS.size} x {FLAGS.size} px scene, {FLAGS.dates} earlier dates")
+    scene_files = write_scene(folder, FLAGS.size, FLAGS.dates, FLAGS.coverage)
+    for name, window, overlap in LAYOUTS:
+      measure.log(f"{name}: window {window}, overlap {overlap}")
+      spec = {"job": "layout", **scene_files, "folder": tmp, "window": window,
+              "overlap": overlap}
+      results.append({"layout": name, "window": window, "overlap": overlap,
+                      **measure.run_job("bench.scene", spec)})
+  default = results[0]
+  for row in results:
+    row["default_speedup"] = row["seconds"] / default["seconds"]
+  result = {"machine": measure.machine_info(), "load_average": measure.load_average(),
+            "scene": {"size": FLAGS.size, "earlier_dates": FLAGS.dates,
+                      "coverage": FLAGS.coverage, "sar": True},
+            "weights": "plus_sample (shipped)", "layouts": results,
+            "total_seconds": time.perf_counter() - started}
+  out = pathlib.Path(FLAGS.out or pathlib.Path(measure.REPO_ROOT) / "bench" / "results"
+                     / f"{measure.machine_name()}-scene.json")
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps(result, indent=1) + "\n")
+  print(f"| layout | windows run | seconds | Mpx/s | granule (min) | peak RSS (MiB) | "
+        f"default's speed-up |\n|---|---:|---:|---:|---:|---:|---:|")
+  for row in results:
+    print(f"| {row['layout']} | {row['windows']} | {row['seconds']:.1f} | "
+          f"{row['pixels_per_second'] / 1e6:.3f} | {row['granule_minutes']:.0f} | "
+          f"{row['peak_rss_mib']:.0f} | {row['default_speedup']:.2f}x |")
+  print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+  import sys
+  if "--spec" in " ".join(sys.argv):
+    measure.job_main({"layout": run_layout})
+  else:
+    from plfm_jax import cli
+    flags.DEFINE_integer("size", 2048, "Scene side in pixels.", lower_bound=64)
+    flags.DEFINE_integer("dates", 3, "Earlier dates.", lower_bound=1, upper_bound=7)
+    flags.DEFINE_float("coverage", 0.3, "Share of the cloudy date under clouds, haze, shadows.")
+    flags.DEFINE_string("out", None, "JSON results; default bench/results/<machine>-scene.json.")
+    cli.run(main)

@@ -1,0 +1,145 @@
+"""plfm_jax.masks.detect: clouds, haze and shadows found in synthetic series with known truth."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from plfm_jax.data.clouds import simulate_clouds
+from plfm_jax.data.normalize import s2_reflectance
+from plfm_jax.data.synthetic import synthesize_zone
+from plfm_jax.masks import detect
+
+SIZE = 96
+MONTHS = ("Jan", "Feb", "Mar", "Apr")
+
+
+def _series(seed: int) -> np.ndarray:
+  s2, _ = next(synthesize_zone(np.random.default_rng(seed), 1, image_size=SIZE, months=MONTHS))
+  return s2_reflectance(s2)
+
+
+def _visible(cloudy: np.ndarray, clear: np.ndarray) -> np.ndarray:
+  """Pixels a cloud, its haze or a shadow changed by more than 0.02 reflectance in some band."""
+  return np.abs(cloudy - clear).max(axis=-1) > 0.02
+
+
+def _far_from(mask: np.ndarray, distance: int) -> np.ndarray:
+  """Pixels more than `distance` px (Chebyshev) from `mask`."""
+  near = mask.copy()
+  for _ in range(distance):
+    grown = near.copy()
+    grown[1:] |= near[:-1]
+    grown[:-1] |= near[1:]
+    grown[:, 1:] |= near[:, :-1]
+    grown[:, :-1] |= near[:, 1:]
+    near = grown
+  return ~near
+
+
+def _scores(found: np.ndarray, truth: np.ndarray, visible: np.ndarray) -> tuple[float, float]:
+  """(recall of the visible changes, false alarms beyond the buffer and the haze margin)."""
+  return float(found[visible].mean()), float(found[_far_from(truth, 3)].mean())
+
+
+def test_finds_clouds_haze_and_shadows_of_the_last_date():
+  recalls, false_alarms = [], []
+  for seed in range(4):
+    series = _series(seed)
+    rng = np.random.default_rng(100 + seed)
+    cloudy, truth, _ = simulate_clouds(series[-1], rng, coverage=(0.2, 0.5), haze_margin=0.1)
+    found = detect.detect(np.concatenate([series[:-1], cloudy[None]]))
+    mask = np.asarray(found.mask)
+    recall, false_alarm = _scores(mask[-1], truth, _visible(cloudy, series[-1]))
+    recalls.append(recall)
+    false_alarms.append(false_alarm)
+    # The earlier dates are clear: (almost) nothing is found there.
+    assert mask[:-1].mean() < 0.01
+  # The synthetic fields change a lot from month to month (harvests, green-up): some of that
+  # darkening, next to clouds, passes for shadow.
+  assert np.mean(recalls) > 0.9, recalls
+  assert np.mean(false_alarms) < 0.05, false_alarms
+
+
+def test_finds_the_clouds_of_an_earlier_date_too():
+  series = _series(7)
+  clouded = series.copy()
+  clouded[-1], truth_last, _ = simulate_clouds(series[-1], np.random.default_rng(1),
+                                               coverage=0.3, haze_margin=0.1)
+  clouded[-2], truth_earlier, _ = simulate_clouds(series[-2], np.random.default_rng(2),
+                                                  coverage=0.4, haze_margin=0.1)
+  mask = np.asarray(detect.detect(clouded).mask)
+  # Where both are clouded only the two oldest dates can tell: the last date's shadows and thin
+  # edges there are found less often.
+  for index, truth, least in ((-1, truth_last, 0.7), (-2, truth_earlier, 0.85)):
+    recall, false_alarm = _scores(mask[index], truth, _visible(clouded[index], series[index]))
+    assert recall > least and false_alarm < 0.03, (index, recall, false_alarm)
+  assert mask[:2].mean() < 0.01
+
+
+def _steady_series(seed: int) -> np.ndarray:
+  """One date of a synthetic zone seen four times under other gains and offsets, with noise:
+  the ground does not change, only the light."""
+  base = _series(seed)[-1]
+  rng = np.random.default_rng(seed)
+  gains, offsets = rng.uniform(0.85, 1.15, (4, 1, 1, 3)), rng.uniform(-0.01, 0.01, (4, 1, 1, 3))
+  return (base * gains + offsets + rng.normal(0, 0.002, (4, *base.shape))).astype(np.float32)
+
+
+def test_finds_shadows_near_clouds_only():
+  series = _steady_series(8)
+  shadowed = series.copy()
+  cloud = np.zeros((SIZE, SIZE), bool)
+  cloud[10:30, 10:35] = True
+  shadow = np.zeros_like(cloud)
+  shadow[40:60, 50:75] = True
+  shadowed[-1][cloud] = 0.8
+  shadowed[-1][shadow] *= 0.5
+  found = detect.detect(shadowed)
+  assert np.asarray(found.cloud)[-1][cloud].all()
+  assert np.asarray(found.shadow)[-1][shadow].mean() > 0.9
+  # The same darkening on a date without any cloud is a change of the ground, not a shadow.
+  darkened = series.copy()
+  darkened[-1][shadow] *= 0.5
+  assert not np.asarray(detect.detect(darkened).mask).any()
+
+
+def test_bright_white_ground_on_every_date_is_not_cloud_and_nodata_never_is():
+  series = _series(3)
+  series[:, 10:30, 10:30] = 0.5  # A white roof, on every date.
+  valid = np.ones(series.shape[:3], bool)
+  valid[-1, :, :8] = False
+  series[-1, :, :8] = 0.9        # Nodata that looks like cloud.
+  found = detect.detect(series, valid=valid)
+  assert not np.asarray(found.mask).any()
+
+
+def test_given_masks_are_kept_and_a_single_date_falls_back_to_the_fmask_tests():
+  series = _series(4)
+  given = np.zeros(series.shape[:3], bool)
+  given[1, 40:50, 40:50] = True
+  assert np.asarray(detect.detect(series, given=given).mask)[1, 40:50, 40:50].all()
+  cloudy, truth, opaque = simulate_clouds(series[-1], np.random.default_rng(5), coverage=0.4,
+                                          shadows=False)
+  alone = np.asarray(detect.detect(cloudy[None]).mask)[0]
+  assert alone[opaque].mean() > 0.95 and alone[_far_from(truth, 3)].mean() < 0.01
+
+
+def test_bright_white_test_spares_sand():
+  cloud = np.array([[0.75, 0.78, 0.8]], np.float32)
+  sand = np.array([[0.38, 0.3, 0.24]], np.float32)  # Bright and white enough, but red.
+  grey_roof = np.array([[0.3, 0.3, 0.3]], np.float32)
+  assert np.asarray(detect.bright_white(cloud)).all()
+  assert not np.asarray(detect.bright_white(sand)).any()
+  assert np.asarray(detect.bright_white(grey_roof)).all()
+
+
+@pytest.mark.parametrize("field", ["cloud_sigma", "grow_sigma"])
+def test_stricter_thresholds_find_less(field):
+  series = _series(6)
+  cloudy, _, _ = simulate_clouds(series[-1], np.random.default_rng(6), coverage=0.4,
+                                 haze_margin=0.1)
+  dates = np.concatenate([series[:-1], cloudy[None]])
+  default = np.asarray(detect.detect(dates).mask).sum()
+  strict = detect.DetectionSettings(**{field: 4 * getattr(detect.DEFAULT, field)})
+  assert np.asarray(detect.detect(dates, settings=strict).mask).sum() < default
