@@ -23,6 +23,7 @@ from plfm_jax.inference import tiling
 from plfm_jax.data.layout import SERIES_LENGTH
 from plfm_jax.models.plfm import PLFM, count_variables
 from plfm_jax import sharding
+from plfm_jax import stages
 from plfm_jax.train import steps
 
 # Side of a Sentinel-2 granule (100 km at 10 m).
@@ -66,7 +67,7 @@ def _stage_setup(config: Any, stage: str, batch_size: int, model: PLFM,
 
   abstract: `variables` are shapes (`jax.eval_shape`) and so are the returned arrays.
   """
-  spec = steps.STAGES[stage]
+  spec = stages.STAGES[stage]
   mesh = sharding.make_mesh(jax.devices()[:1])
   optimizers = steps.make_optimizers(config.train, spec)
   hyper = steps.Hyper.from_config(config.train)

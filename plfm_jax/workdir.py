@@ -23,13 +23,10 @@ import ml_collections
 
 from plfm_jax.checkpoints import StageCheckpoints
 from plfm_jax.data.layout import SERIES_LENGTH
+from plfm_jax import stages
 from plfm_jax.errors import InputError
 from plfm_jax.models.plfm import PLFM
 
-# The stage whose best checkpoint holds each component, and the order stages run in.
-COMPONENT_STAGE = {"temporal": "temporal", "generator": "gan", "discriminator": "gan",
-                   "head": "head"}
-STAGE_ORDER = ("temporal", "gan", "head", "joint")
 # Fields that never need to match: where the data is, how it is read, which devices and stages.
 RUN_FIELDS = ("train.stages", "train.num_devices", "data.worker_count", "data.read_threads",
               "data.prefetch_buffer_size", "data.tfds_dir", "data.manual_dir")
@@ -97,7 +94,7 @@ def with_trained_model(config: ml_collections.ConfigDict,
 
 
 def _stage_checkpoints(workdir: pathlib.Path) -> Iterable[tuple[str, StageCheckpoints]]:
-  for stage in STAGE_ORDER:
+  for stage in stages.STAGES:
     if (workdir / "checkpoints" / stage / "best").is_dir():
       yield stage, StageCheckpoints(workdir, stage)
 
@@ -147,7 +144,7 @@ def best_variables(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
   shapes = variable_shapes(config, model)
   by_stage: dict[str, list[str]] = {}
   for component in components:
-    by_stage.setdefault(COMPONENT_STAGE[component], []).append(component)
+    by_stage.setdefault(stages.COMPONENT_STAGE[component], []).append(component)
   result = {}
   for stage, names in by_stage.items():
     abstract = {name: jax.tree.map(

@@ -23,6 +23,7 @@ from plfm_jax.data.synthetic import synthesize_zone
 from plfm_jax.errors import InputError
 from plfm_jax.inference import scene
 from plfm_jax.models.plfm import PLFM
+from plfm_jax import stages
 from plfm_jax.train import steps
 
 from conftest import GEO_TAGS
@@ -99,7 +100,7 @@ def workdir(tmp_path_factory) -> pathlib.Path:
   variables = random_variables(PLFM.from_config(config.model))
   for stage in ("temporal", "gan", "head"):
     ckpts = StageCheckpoints(workdir, stage)
-    spec = steps.STAGES[stage]
+    spec = stages.STAGES[stage]
     state = steps.init_state(variables, spec, steps.make_optimizers(config.train, spec))
     ckpts.save(1, state, {"epoch": 1}, workdir_lib.config_dict(config), best=True)
     ckpts.wait()

@@ -14,6 +14,7 @@ import pytest
 
 from plfm_jax.models.plfm import PLFM
 from plfm_jax.train import losses
+from plfm_jax import stages
 from plfm_jax.train import steps
 from tests.tiny import random_batch, tiny_config
 
@@ -38,7 +39,7 @@ def _leaves_changed(a, b) -> list[bool]:
 @pytest.mark.parametrize("stage", ["temporal", "gan", "head", "joint"])
 def test_step_updates_exactly_the_trainable_components(setup, stage):
   config, plfm, variables = setup
-  spec = steps.STAGES[stage]
+  spec = stages.STAGES[stage]
   optimizers = steps.make_optimizers(config.train, spec)
   state = steps.init_state(variables, spec, optimizers)
   frozen = {c: variables[c] for c in spec.frozen}
@@ -68,7 +69,7 @@ def test_validation_losses_per_sample(setup, cloud_loss_weight):
   hyper = steps.Hyper(cloud_loss_weight=cloud_loss_weight)
   for stage in ("temporal", "gan", "head"):
     validate = jax.jit(lambda v, b: steps.validation_losses(
-        v, b, model=plfm, spec=steps.STAGES[stage], hyper=hyper))
+        v, b, model=plfm, spec=stages.STAGES[stage], hyper=hyper))
     values = validate(variables, batch)
     assert values["loss"].shape == (3,)
     one = validate(variables, {k: v[1:2] for k, v in batch.items()})
@@ -107,7 +108,7 @@ def test_learning_rate_warmup_and_cosine_decay():
 ])
 def test_plus_switches_jit_train_and_stay_finite(model):
   config, plfm, variables = build("demo", **model)
-  spec = steps.STAGES["joint"]
+  spec = stages.STAGES["joint"]
   optimizers = steps.make_optimizers(config.train, spec, total_steps=200)
   state = steps.init_state(variables, spec, optimizers)
   train = jax.jit(lambda s, b: steps.train_step(s, {}, b, model=plfm, spec=spec,
@@ -134,7 +135,7 @@ _DATA_PARALLEL_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, {repo!r})
     from tests.tiny import random_batch, tiny_config
     from plfm_jax.models.plfm import PLFM
-    from plfm_jax import sharding
+    from plfm_jax import sharding, stages
     from plfm_jax.train import steps
     assert jax.device_count() == 8, jax.devices()
     config = tiny_config("paper")
@@ -142,7 +143,7 @@ _DATA_PARALLEL_SCRIPT = textwrap.dedent("""
     variables = plfm.init(jax.random.key(0), image_size=32, series_length=4)
     report = {{}}
     for stage in ("gan", "head"):
-      spec = steps.STAGES[stage]
+      spec = stages.STAGES[stage]
       results = []
       for devices in (jax.devices()[:1], jax.devices()):
         mesh = sharding.make_mesh(devices)
@@ -189,3 +190,14 @@ def test_early_stopping_counts_epochs_without_a_better_loss():
   assert stopping.update(0.5) and stopping.bad_epochs == 0
   assert not stopping.update(0.7) and not stopping.update(0.6)
   assert stopping.stopped and stopping.best_loss == 0.5
+
+
+def test_every_component_is_held_by_the_first_stage_that_trains_it():
+  assert stages.COMPONENT_STAGE == {"temporal": "temporal", "generator": "gan",
+                                    "discriminator": "gan", "head": "head"}
+  assert list(stages.STAGES) == ["temporal", "gan", "head", "joint"]
+  # Every component a stage reads frozen or starts from comes from an earlier stage.
+  order = list(stages.STAGES)
+  for spec in stages.STAGES.values():
+    for component in (*spec.frozen, *spec.warm_start):
+      assert order.index(stages.COMPONENT_STAGE[component]) < order.index(spec.name)

@@ -97,12 +97,12 @@ def model_example(history: np.ndarray, cloudy: np.ndarray, *, length: int,
     masking: detect, or trust the given masks.
 
   Returns:
-    float32 arrays "history" (length, H, W, 3) with each date's masked pixels filled from the
-    others, "history_mask" (length, H, W, 1) 1 where a date was filled, "cloudy" (H, W, 3) and
-    "cloud_mask" (H, W, 1) 1 where the cloudy date is to be restored; "dates", the indices of
-    the earlier dates read (`select_dates`); and (N + 1, H, W) bool of every date given:
-    "masks" (what is masked), "cloud" and "shadow" (what the detection found), "given" (the
-    masks given).
+    float32 arrays "history" (length, H, W, 3) with each date's masked and nodata pixels
+    filled from the others, "history_mask" (length, H, W, 1) 1 where a date was filled,
+    "cloudy" (H, W, 3) and "cloud_mask" (H, W, 1) 1 where the cloudy date is to be restored;
+    "dates", the indices of the earlier dates read (`select_dates`); and (N + 1, H, W) bool of
+    every date given: "masks" (what is masked), "cloud" and "shadow" (what the detection
+    found), "given" (the masks given).
   """
   history = np.asarray(history, np.float32)
   cloudy = np.asarray(cloudy, np.float32)
@@ -117,8 +117,10 @@ def model_example(history: np.ndarray, cloudy: np.ndarray, *, length: int,
   dates = np.concatenate([history, cloudy[None]])
   detection = masks(dates, given, valid, masking)
   found = detection.mask
-  chosen = select_dates(found[:-1], length)
-  history_mask = found[chosen][..., None].astype(np.float32)
+  # An earlier date's nodata (outside its footprint) is a gap to fill like its clouds.
+  gaps = found[:-1] if valid is None else found[:-1] | ~np.asarray(valid, bool)[:-1]
+  chosen = select_dates(gaps, length)
+  history_mask = gaps[chosen][..., None].astype(np.float32)
   filled = history[chosen]
   if history_mask.any():
     filled = np.asarray(_fill(filled[None], history_mask[None]))[0]

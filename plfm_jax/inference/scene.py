@@ -449,6 +449,7 @@ def predict_scene(inputs: SceneInputs, out: str | os.PathLike, model: TileModel,
     raise InputError(mask_out, "is also the output image; choose another path for the mask")
   # Over several processes (`tile_model`), every one runs the windows; process 0 writes.
   writer = jax.process_index() == 0
+  names = [*(str(p) for p in inputs.history), str(inputs.cloudy)]
 
   with contextlib.ExitStack() as stack:
     scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix=".plfm_inputs_",
@@ -501,7 +502,6 @@ def predict_scene(inputs: SceneInputs, out: str | os.PathLike, model: TileModel,
         outputs[0].write(first, result)
         if mask_out is not None:
           outputs[1].write(first, mask_rows[..., None])
-  names = [*(str(p) for p in inputs.history), str(inputs.cloudy)]
   dates = tuple(DateReport(name, *(tally["counts"][i] / (height * width)))
                 for i, name in enumerate(names))
   return SceneReport(height=height, width=width, windows=tally["run"],

@@ -16,34 +16,11 @@ import jax.numpy as jnp
 import optax
 
 from plfm_jax.models.plfm import PLFM
+from plfm_jax.stages import StageSpec
 from plfm_jax.train import losses
 
 Variables = dict[str, Any]
 Batch = Mapping[str, jax.Array]
-
-
-@dataclasses.dataclass(frozen=True)
-class StageSpec:
-  """Which components a stage updates and which earlier stages' results it reads."""
-  name: str
-  trainable: tuple[str, ...]
-  frozen: tuple[str, ...] = ()
-  # Components whose starting point is the best checkpoint of an earlier stage.
-  warm_start: tuple[str, ...] = ()
-
-
-STAGES = {
-    "temporal": StageSpec("temporal", ("temporal",)),
-    "gan": StageSpec("gan", ("generator", "discriminator")),
-    "head": StageSpec("head", ("head",), frozen=("temporal", "generator")),
-    # Beyond the paper: end-to-end fine-tuning of everything from the stage-wise result.
-    "joint": StageSpec("joint", ("temporal", "generator", "discriminator", "head"),
-                       warm_start=("temporal", "generator", "discriminator", "head")),
-}
-
-# The stage whose best checkpoint holds each component.
-COMPONENT_STAGE = {"temporal": "temporal", "generator": "gan", "discriminator": "gan",
-                   "head": "head"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,14 +136,13 @@ def train_step(state: dict[str, Any], frozen: Variables, batch: Batch, *,
 
 
 # The output of `PLFM.forward` each stage produces.
-STAGE_OUTPUT = {"temporal": "temporal", "gan": "sar_branch", "head": "fused", "joint": "fused"}
 
 
 def stage_prediction(variables: Variables, batch: Batch, *, model: PLFM,
                      spec: StageSpec) -> jax.Array:
   """The image a stage produces, in [0, 1] (inference mode): temporal, SAR or fused output."""
   out, _ = model.forward(variables, batch)
-  return out[STAGE_OUTPUT[spec.name]]
+  return out[spec.output]
 
 
 def validation_losses(variables: Variables, batch: Batch, *, model: PLFM, spec: StageSpec,

@@ -22,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from plfm_jax import sharding
+from plfm_jax import stages
 from plfm_jax import visualize
 from plfm_jax import workdir as workdir_lib
 from plfm_jax.checkpoints import StageCheckpoints, abstract_like
@@ -101,18 +102,18 @@ class StageRunner:
 
   def run(self) -> None:
     for name in self.config.train.stages:
-      if name not in steps.STAGES:
-        raise ValueError(f"unknown stage {name!r}; stages are {', '.join(steps.STAGES)}")
+      if name not in stages.STAGES:
+        raise ValueError(f"unknown stage {name!r}; stages are {', '.join(stages.STAGES)}")
     if self.validation_split() == "train":
       _status("note: the dataset has no validation split; early stopping watches the training "
               "split")
     try:
       for name in self.config.train.stages:
-        self.run_stage(steps.STAGES[name])
+        self.run_stage(stages.STAGES[name])
     finally:
       self.logger.close()
 
-  def run_stage(self, spec: steps.StageSpec) -> None:
+  def run_stage(self, spec: stages.StageSpec) -> None:
     cfg = self.config.train
     steps_per_epoch = cfg.steps_per_epoch
     if steps_per_epoch <= 0:
@@ -216,7 +217,7 @@ class StageRunner:
     _status(f"stage {spec.name}: done after {progress['epoch']} epochs ({reason}); best "
             f"validation loss {stopping.best_loss:.5g}")
 
-  def _compile(self, spec: steps.StageSpec, optimizers) -> tuple:
+  def _compile(self, spec: stages.StageSpec, optimizers) -> tuple:
     train_step, per_sample = steps.jit_steps(self.model, spec, self.hyper, optimizers,
                                              self.replicated, sharding.batch_sharded(self.mesh))
 
@@ -227,7 +228,7 @@ class StageRunner:
 
     return train_step, weighted_sums
 
-  def validate(self, spec: steps.StageSpec, weighted_sums, variables: dict, step: int) -> float:
+  def validate(self, spec: stages.StageSpec, weighted_sums, variables: dict, step: int) -> float:
     """Mean validation loss over the validation split (or `validation_steps` batches), in the
     lock-step, host-padded batches evaluation uses too (`sharding.lockstep_batches`)."""
     split = self.validation_split()
@@ -248,7 +249,7 @@ class StageRunner:
       self.write_samples(spec, variables, first, step)
     return means["loss"]
 
-  def write_samples(self, spec: steps.StageSpec, variables: dict, batch: dict, step: int) -> None:
+  def write_samples(self, spec: stages.StageSpec, variables: dict, batch: dict, step: int) -> None:
     """cloudy | prediction | ground truth panel to TensorBoard and `<workdir>/samples/<stage>.png`."""
     local = sharding.process_local(batch)
     n = min(4, local["target"].shape[0])

@@ -1,0 +1,42 @@
+"""The training stages, defined once: what each trains, reads frozen, starts from and outputs.
+
+Training (`plfm_jax/train`), the workdir's reading of trained models (`plfm_jax/workdir.py`) and
+the benchmark all take the stages from here; adding a stage is one entry of STAGES.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class StageSpec:
+  """Which components a stage updates and which earlier stages' results it reads.
+
+  Attributes:
+    name: the stage's name (its checkpoints' folder).
+    trainable: components it updates.
+    frozen: components it reads from earlier stages' best checkpoints, not updated.
+    warm_start: components whose starting point is an earlier stage's best checkpoint.
+    output: the output of `PLFM.forward` its validation loss and sample pictures are of.
+  """
+  name: str
+  trainable: tuple[str, ...]
+  frozen: tuple[str, ...] = ()
+  warm_start: tuple[str, ...] = ()
+  output: str = "fused"
+
+
+# Every stage, in the order they run.
+STAGES = {
+    "temporal": StageSpec("temporal", ("temporal",), output="temporal"),
+    "gan": StageSpec("gan", ("generator", "discriminator"), output="sar_branch"),
+    "head": StageSpec("head", ("head",), frozen=("temporal", "generator")),
+    # Beyond the paper: end-to-end fine-tuning of everything from the stage-wise result.
+    "joint": StageSpec("joint", ("temporal", "generator", "discriminator", "head"),
+                       warm_start=("temporal", "generator", "discriminator", "head")),
+}
+
+# The stage whose best checkpoint holds each component: the first that trains it.
+COMPONENT_STAGE = {component: spec.name for spec in reversed(STAGES.values())
+                   for component in spec.trainable if not spec.warm_start}
