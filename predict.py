@@ -64,13 +64,15 @@ flags.DEFINE_bool("composite", True,
                   "--nocomposite writes the prediction everywhere.")
 flags.DEFINE_bool("overwrite", False, "Replace existing output files.")
 flags.DEFINE_integer("window", scene.DEFAULT_WINDOW,
-                     f"Window side in pixels, a multiple of {scene.WINDOW_MULTIPLE}: the "
-                     "detection and the prior are fitted on the whole window.",
+                     f"Largest window side in pixels, a multiple of {scene.WINDOW_MULTIPLE}: the "
+                     "detection and the prior are fitted on the whole window; smaller where "
+                     "that covers the scene with as many windows.",
                      lower_bound=scene.WINDOW_MULTIPLE)
 flags.DEFINE_integer("overlap", None,
                      "Pixels shared by neighbouring windows (default: an eighth of the window).")
-flags.DEFINE_integer("batch_size", 8,
-                     "Windows per model call, rounded up to a multiple of the device count.",
+flags.DEFINE_integer("batch_size", scene.DEFAULT_BATCH_SIZE,
+                     "Windows per model call, rounded up to a multiple of the device count "
+                     "(more for small windows or accelerators).",
                      lower_bound=1)
 flags.DEFINE_enum("compression", "deflate", rasters.COMPRESSIONS, "Compression of the outputs.")
 flags.DEFINE_bool("cog", False, "Write Cloud-Optimised GeoTIFFs (with overviews).")

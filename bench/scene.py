@@ -6,9 +6,9 @@ Writes a synthetic georeferenced scene (`--size` px square, `--dates` earlier da
 date under simulated clouds, haze and shadows covering `--coverage`, S1 VV), then runs
 `scene.predict_scene` on it, as `predict.py` does, once per layout of LAYOUTS, each in its own
 worker process (its own compilation, its own peak memory), one after the other in one run: the
-default (512 px windows, the detection and the prior fitted per window) and the previous
-release's layout (64 px windows overlapping by 16, the model's crop size), whose ratio to the
-default is the speed-up measured side by side. For each: wall seconds (after one warm-up run on
+default (windows of at most 512 px, one per model call, the detection and the prior fitted
+per window) and the previous release's layout (64 px windows overlapping by 16, the model's crop
+size, eight per call), whose ratio to the default is the speed-up measured side by side. For each: wall seconds (after one warm-up run on
 the same scene, so compilation is not counted), pixels per second, the windows run, the time a
 10980 x 10980 Sentinel-2 granule would take at that rate, and the worker's peak resident memory.
 Prints a table; `--out` (default bench/results/<machine>-scene.json) keeps the JSON.
@@ -31,8 +31,9 @@ from bench import measure
 
 FLAGS = flags.FLAGS
 GRANULE = 10980
-# (name, window, overlap): the default and the previous release's layout.
-LAYOUTS = (("default", 512, 64), ("64 px windows (previous layout)", 64, 16))
+# (name, largest window, overlap, windows per call): the default and the previous release's
+# layout.
+LAYOUTS = (("default", 512, 64, 1), ("64 px windows (previous layout)", 64, 16, 8))
 
 
 def write_scene(folder: pathlib.Path, size: int, dates: int, coverage: float) -> dict[str, Any]:
@@ -67,7 +68,7 @@ def run_layout(spec: dict[str, Any]) -> dict[str, Any]:
   from plfm_jax import weights
   from plfm_jax.inference import scene
   shipped = weights.load(weights.SHIPPED[0])
-  model = scene.tile_model(shipped.config, shipped.variables)
+  model = scene.tile_model(shipped.config, shipped.variables, batch_size=spec["batch_size"])
   inputs = scene.SceneInputs(cloudy=pathlib.Path(spec["cloudy"]),
                              history=tuple(map(pathlib.Path, spec["history"])),
                              sar=pathlib.Path(spec["sar"]))
@@ -93,12 +94,12 @@ def main(argv) -> None:
     folder = pathlib.Path(tmp)
     measure.log(f"writing a {FLAGS.size} x {FLAGS.size} px scene, {FLAGS.dates} earlier dates")
     scene_files = write_scene(folder, FLAGS.size, FLAGS.dates, FLAGS.coverage)
-    for name, window, overlap in LAYOUTS:
-      measure.log(f"{name}: window {window}, overlap {overlap}")
+    for name, window, overlap, batch_size in LAYOUTS:
+      measure.log(f"{name}: window {window}, overlap {overlap}, batch {batch_size}")
       spec = {"job": "layout", **scene_files, "folder": tmp, "window": window,
-              "overlap": overlap}
+              "overlap": overlap, "batch_size": batch_size}
       results.append({"layout": name, "window": window, "overlap": overlap,
-                      **measure.run_job("bench.scene", spec)})
+                      "batch_size": batch_size, **measure.run_job("bench.scene", spec)})
   default = results[0]
   for row in results:
     row["default_speedup"] = row["seconds"] / default["seconds"]

@@ -70,9 +70,6 @@ class StageCheckpoints:
     restored = self.best.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
     return step, restored["config"]
 
-  def has_best(self) -> bool:
-    return self.best.latest_step() is not None
-
   def wait(self) -> None:
     """Blocks until pending asynchronous saves are on disk."""
     self.last.wait_until_finished()

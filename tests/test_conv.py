@@ -219,6 +219,8 @@ def test_resolve_conv_impl(monkeypatch):
   assert resolve_conv_impl("matmul") == "matmul"
   monkeypatch.setattr(conv_lib.jax, "default_backend", lambda: "cpu")
   assert resolve_conv_impl("auto") == "matmul"
+  assert resolve_conv_impl("auto", training=False) == "lax"
+  assert resolve_conv_impl("matmul", training=False) == "matmul"
   monkeypatch.setattr(conv_lib.jax, "default_backend", lambda: "gpu")
   assert resolve_conv_impl("auto") == "lax"
   with pytest.raises(ValueError, match="conv impl"):

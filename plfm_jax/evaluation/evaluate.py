@@ -275,7 +275,7 @@ def _prepare(config: ml_collections.ConfigDict, workdir: pathlib.Path, split: st
     raise InputError(split, f"has {len(source)} samples, fewer than the "
                      f"{jax.process_count()} processes")
   mesh = sharding.config_mesh(config)
-  model = PLFM.from_config(config.model)
+  model = PLFM.from_config(config.model, training=False)
   if weights is None:
     variables = workdir_lib.best_variables(config, workdir, INFERENCE_COMPONENTS, model=model,
                                            sharding=sharding.replicated(mesh))

@@ -55,6 +55,10 @@ _IN_FLIGHT = 2
 # Window sides are multiples of this: the U-Nets halve the image five times.
 WINDOW_MULTIPLE = 32
 DEFAULT_WINDOW = 512
+# Windows per model call: one 512 px window keeps two CPU cores as busy as eight do (and a last
+# batch padded with empty windows costs as much as full ones); raise it for small windows or
+# accelerators.
+DEFAULT_BATCH_SIZE = 1
 # Values of a --mask_out file.
 MASK_CLEAR, MASK_CLOUD, MASK_SHADOW = 0, 1, 2
 
@@ -81,7 +85,7 @@ class TileModel:
   tile_size: int
   normalization: str = "reflectance"
   history_length: int = 3
-  batch_size: int = 8
+  batch_size: int = DEFAULT_BATCH_SIZE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +134,7 @@ class SceneReport:
   notes: tuple[str, ...] = ()
 
 
-def load_tile_model(workdir: str | os.PathLike, *, batch_size: int = 8,
+def load_tile_model(workdir: str | os.PathLike, *, batch_size: int = DEFAULT_BATCH_SIZE,
                     devices: Sequence[jax.Device] | None = None) -> TileModel:
   """The best trained model of `workdir` as a TileModel (see `tile_model`).
 
@@ -143,7 +147,8 @@ def load_tile_model(workdir: str | os.PathLike, *, batch_size: int = 8,
 
 
 def tile_model(config: ml_collections.ConfigDict, variables: Mapping[str, Any], *,
-               batch_size: int = 8, devices: Sequence[jax.Device] | None = None) -> TileModel:
+               batch_size: int = DEFAULT_BATCH_SIZE,
+               devices: Sequence[jax.Device] | None = None) -> TileModel:
   """The model of the training `config` with `variables` as a TileModel, batches sharded over
   `devices`: its normalisation, any window size.
 
@@ -151,7 +156,7 @@ def tile_model(config: ml_collections.ConfigDict, variables: Mapping[str, Any], 
   every device. Over several processes, each computes its own rows of every batch (every
   process calls with the same whole batch) and all of them receive the whole prediction.
   """
-  model = PLFM.from_config(config.model)
+  model = PLFM.from_config(config.model, training=False)
   mesh = sharding.make_mesh(devices)
   # Through host memory, not `sharding.replicate`: restored variables sit on this process's
   # device, and a mesh over several processes takes no cross-host copy from there.
@@ -389,14 +394,32 @@ def _predictions(windows: Iterator[_Window], model: TileModel, size: int,
     yield from finish()
 
 
-def window_size(model: TileModel, height: int, width: int, window: int | None) -> int:
-  """The window side: `window` (default DEFAULT_WINDOW), no larger than the scene needs,
-  a multiple of WINDOW_MULTIPLE."""
+def window_layout(height: int, width: int, window: int | None,
+                  overlap: int | None) -> tuple[int, int]:
+  """(window side, overlap): the overlap (default an eighth of `window`, default
+  DEFAULT_WINDOW), and the smallest side, a multiple of WINDOW_MULTIPLE and at most `window`,
+  that covers the scene with no more windows than `window` would: the networks' cost is their
+  pixels, and a 2048 px scene takes five 480 px windows per axis as it takes five of 512.
+
+  Raises:
+    ValueError: `window` not a positive multiple of WINDOW_MULTIPLE.
+    InputError: `overlap` not in [0, window).
+  """
   window = DEFAULT_WINDOW if window is None else window
   if window < WINDOW_MULTIPLE or window % WINDOW_MULTIPLE:
     raise ValueError(f"window must be a positive multiple of {WINDOW_MULTIPLE}, got {window}")
+  overlap = window // 8 if overlap is None else overlap
+  if not 0 <= overlap < window:
+    raise InputError("--overlap", f"must be in [0, {window}) for {window} px windows")
   needed = -(-max(height, width) // WINDOW_MULTIPLE) * WINDOW_MULTIPLE
-  return min(window, needed)
+  if needed <= window:
+    # One window holds the scene: nothing overlaps.
+    return needed, min(overlap, needed // 8)
+  count = lambda side: (len(tiling.window_starts(height, side, overlap))
+                        * len(tiling.window_starts(width, side, overlap)))
+  most = count(window)
+  first = (overlap // WINDOW_MULTIPLE + 1) * WINDOW_MULTIPLE
+  return next(s for s in range(first, window + 1, WINDOW_MULTIPLE) if count(s) <= most), overlap
 
 
 def predict_scene(inputs: SceneInputs, out: str | os.PathLike, model: TileModel, *,
@@ -414,7 +437,7 @@ def predict_scene(inputs: SceneInputs, out: str | os.PathLike, model: TileModel,
     out: the output GeoTIFF: uint16 R, G, B reflectance x 10000 on the cloudy input's grid,
       with its CRS, geotransform, nodata and photometric interpretation.
     model: the model and how to feed it.
-    window: window side in pixels (`window_size`).
+    window: largest window side in pixels (`window_layout`).
     overlap: pixels shared by neighbouring windows, blended by feathering; default an eighth
       of the window.
     composite: keep the cloudy input's pixels exactly where nothing is to be restored and take
@@ -458,10 +481,7 @@ def predict_scene(inputs: SceneInputs, out: str | os.PathLike, model: TileModel,
     opened = _open_inputs(inputs, stack)
     cloudy = opened.cloudy
     height, width = cloudy.height, cloudy.width
-    size = window_size(model, height, width, window)
-    overlap = size // 8 if overlap is None else overlap
-    if not 0 <= overlap < size:
-      raise InputError("--overlap", f"must be in [0, {size}) for {size} px windows")
+    size, overlap = window_layout(height, width, window, overlap)
     # Uncompressed sizes (uint16 R, G, B; uint8 mask): an upper bound of what Deflate writes.
     needed = collections.Counter({out.parent.resolve(): height * width * 6})
     if mask_out is not None:

@@ -85,6 +85,8 @@ DEFAULT = DetectionSettings()
 MAX_WHITENESS = 0.7
 # Cell size of `_near`'s grid, in pixels.
 _NEAR_CELL = 8
+# Pixels per date the noise is estimated on, at least.
+_NOISE_SAMPLES = 16384
 # A shadow is darker than the other dates as they are, unmatched, by at least this ratio.
 _RAW_SHADOW_RATIO = 0.9
 # The lower quartile of |z| for standard Gaussian z.
@@ -137,6 +139,12 @@ def _window_min(mask: jax.Array, radius: int) -> jax.Array:
   return jax.lax.reduce_window(mask, True, jax.lax.bitwise_and, window, (1, 1, 1), "SAME")
 
 
+def _smooth(images: jax.Array, settings: DetectionSettings) -> jax.Array:
+  # Clouds, haze and shadows are smooth over a few pixels, the texture and misregistration that
+  # make up most of the residual are not: tested on local means, they stand out far more.
+  return gapfill.box_mean(images, settings.smoothing)
+
+
 class Reference(NamedTuple):
   """What the other dates say of each date: `matched` (N, H, W, 3) their median matched to it,
   `raw` their median as they are, `exists` (N, H, W) bool where some other date is clear."""
@@ -173,21 +181,21 @@ def references(dates: jax.Array, masked: jax.Array,
 def _noise(residual: jax.Array, usable: jax.Array, floor: float) -> jax.Array:
   """(N, 1, 1, 3) standard deviation of each date's residual over its usable pixels, from the
   lower quartile of |residual| (of Gaussian noise, 0.3186 standard deviations): unlike the
-  median, it holds while up to three quarters of a date are cloud and shadow not yet found."""
+  median, it holds while up to three quarters of a date are cloud and shadow not yet found.
+  Estimated on a regular subsample of at least _NOISE_SAMPLES pixels per date."""
   n = residual.shape[0]
-  rows = jnp.moveaxis(jnp.abs(residual).reshape(n, -1, 3), -1, 1).reshape(3 * n, -1)
-  included = jnp.repeat(usable.reshape(n, -1), 3, axis=0)
+  stride = max(1, residual[0, ..., 0].size // _NOISE_SAMPLES)
+  rows = jnp.moveaxis(jnp.abs(residual).reshape(n, -1, 3)[:, ::stride], -1, 1).reshape(3 * n, -1)
+  included = jnp.repeat(usable.reshape(n, -1)[:, ::stride], 3, axis=0)
   std = gapfill.masked_quantile(rows, included, 0.25) / _QUARTILE_OF_ABS_GAUSSIAN
   return jnp.maximum(std, floor).reshape(n, 1, 1, 3)
 
 
 def _tests(dates: jax.Array, reference: Reference, valid: jax.Array, known: jax.Array,
            settings: DetectionSettings) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-  """(cloud seeds, cloud margins, shadow seeds, shadow margins), (N, H, W) bool each."""
-  # Clouds, haze and shadows are smooth over a few pixels, the texture and misregistration that
-  # make up most of the residual are not: tested on local means, they stand out far more.
-  smooth = lambda image: gapfill.box_mean(image, settings.smoothing)
-  dates, matched, raw = smooth(dates), smooth(reference.matched), smooth(reference.raw)
+  """(cloud seeds, cloud margins, shadow seeds, shadow margins), (N, H, W) bool each, of
+  `dates` smoothed (`_smooth`)."""
+  matched, raw = _smooth(reference.matched, settings), _smooth(reference.raw, settings)
   exists = reference.exists
   residual = dates - matched
   noise = _noise(residual, exists & valid & ~known, settings.min_noise)
@@ -215,12 +223,20 @@ def _tests(dates: jax.Array, reference: Reference, valid: jax.Array, known: jax.
   return cloud_seed, cloud_margin, shadow_seed, shadow_margin
 
 
+def _dilated3(mask: jax.Array) -> jax.Array:
+  """(N, H, W) bool dilated by a 3 x 3 square, as shifted slices XLA fuses into one pass (its
+  reduce_window over booleans runs several times slower)."""
+  rows = jnp.pad(mask, ((0, 0), (1, 1), (0, 0)))
+  mask = rows[:, :-2] | rows[:, 1:-1] | rows[:, 2:]
+  cols = jnp.pad(mask, ((0, 0), (0, 0), (1, 1)))
+  return cols[:, :, :-2] | cols[:, :, 1:-1] | cols[:, :, 2:]
+
+
 def _grown(seed: jax.Array, margin: jax.Array, steps: int) -> jax.Array:
   """`seed` without its specks (a 3 x 3 opening), grown `steps` pixels into `margin`."""
   mask = _window_max(_window_min(seed, 1), 1) & seed
-  for _ in range(steps):
-    mask = mask | (_window_max(mask, 1) & margin)
-  return mask
+  # A loop, so that XLA does not fuse the steps into one another and recompute each one.
+  return jax.lax.fori_loop(0, steps, lambda _, grown: grown | (_dilated3(grown) & margin), mask)
 
 
 @functools.partial(jax.jit, static_argnames="settings")
@@ -246,7 +262,8 @@ def detect(dates: jax.Array, valid: jax.Array | None = None, given: jax.Array | 
   # cloud in one of them. Bright white pixels are never fitted on: with many clouds on both
   # dates of a pair, the robust matching would otherwise rest on more cloud than ground.
   first = references(dates, given | ~valid, single)
-  first_tests = _tests(dates, first, valid, given | single, settings)
+  smoothed = _smooth(dates, settings)
+  first_tests = _tests(smoothed, first, valid, given | single, settings)
   cloud = shadow = jnp.zeros(shape, bool)
   for index in range(settings.passes):
     if index == 0:
@@ -262,7 +279,7 @@ def detect(dates: jax.Array, valid: jax.Array | None = None, given: jax.Array | 
       reference = Reference(jnp.where(keep, later.matched, first.matched),
                             jnp.where(keep, later.raw, first.raw), later.exists | first.exists)
       cloud_seed, cloud_margin, shadow_seed, shadow_margin = _tests(
-          dates, reference, valid, found, settings)
+          smoothed, reference, valid, found, settings)
       cloud_seed &= first_tests[1]
       shadow_seed &= first_tests[3]
     # Without a reference the single-date test decides; with one, the series does (ground that

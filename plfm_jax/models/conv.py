@@ -22,10 +22,13 @@ import numpy as np
 _IMPLS = ("lax", "matmul")
 
 
-def resolve_conv_impl(impl: str) -> str:
-  """Maps "auto" to the fastest implementation for the default backend."""
+def resolve_conv_impl(impl: str, *, training: bool = True) -> str:
+  """Maps "auto" to the fastest implementation for the default backend: on CPU the matmul
+  routes for training, whose gain is their gradients (XLA:CPU's own convolution gradients are
+  many times slower), and XLA's convolutions for inference, whose forward pass alone is faster
+  (1.1x at 64 px to 2.3x at 512 px windows, 2 AMD EPYC cores); elsewhere XLA's convolutions."""
   if impl == "auto":
-    return "matmul" if jax.default_backend() == "cpu" else "lax"
+    return "matmul" if training and jax.default_backend() == "cpu" else "lax"
   if impl in _IMPLS:
     return impl
   raise ValueError(f"conv impl must be 'auto', 'lax' or 'matmul', got {impl!r}")

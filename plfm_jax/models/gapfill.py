@@ -60,6 +60,8 @@ FIT_SAMPLES_PER_COEFFICIENT = 256
 _MIN_FIT_SAMPLES = 4096
 # Bisection steps of `masked_quantile`: its result is within 2^-steps of the largest value.
 _MEDIAN_STEPS = 24
+# Box sums up to this radius run as windowed reductions, wider ones from cumulative sums.
+_DIRECT_BOX_RADIUS = 16
 
 
 def spd_solve(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -362,14 +364,34 @@ def _window_counts(size: int, radius: int) -> np.ndarray:
   return np.minimum(position + radius, size - 1) - np.maximum(position - radius, 0) + 1
 
 
+def _box_sums(images: jax.Array, radius: int, axis: int) -> jax.Array:
+  """Sums over the 2 radius + 1 positions around each along `axis`, within the image."""
+  if radius <= _DIRECT_BOX_RADIUS:
+    window = [1] * images.ndim
+    window[axis] = 2 * radius + 1
+    pads = [(0, 0)] * images.ndim
+    pads[axis] = (radius, radius)
+    return jax.lax.reduce_window(images, 0.0, jax.lax.add, window, [1] * images.ndim, pads)
+  # Wide windows as differences of cumulative sums: XLA:CPU's reduce_window costs grow with the
+  # window (a 129 px box of a 512 px window took a second). Centred first, so that float32
+  # cumulative sums stay small.
+  centre = jnp.mean(images, axis=axis, keepdims=True)
+  sums = jnp.cumsum(images - centre, axis=axis)
+  sums = jnp.concatenate([jnp.zeros_like(jax.lax.slice_in_dim(sums, 0, 1, axis=axis)), sums],
+                         axis=axis)
+  size = images.shape[axis]
+  position = np.arange(size)
+  high, low = np.minimum(position + radius + 1, size), np.maximum(position - radius, 0)
+  counts = (high - low).astype(np.float32).reshape([-1 if a == axis else 1
+                                                     for a in range(images.ndim)])
+  return (jnp.take(sums, high, axis=axis) - jnp.take(sums, low, axis=axis)
+          + centre * counts)
+
+
 def box_mean(images: jax.Array, radius: int) -> jax.Array:
   """Mean over the (2 radius + 1)^2 window around each pixel of (N, H, W, C) images; windows
   reaching over the border average the pixels inside the image (separable, any image size)."""
-  window, none, pad = 2 * radius + 1, (0, 0), (radius, radius)
-  sums = jax.lax.reduce_window(images, 0.0, jax.lax.add, (1, window, 1, 1), (1, 1, 1, 1),
-                               (none, pad, none, none))
-  sums = jax.lax.reduce_window(sums, 0.0, jax.lax.add, (1, 1, window, 1), (1, 1, 1, 1),
-                               (none, none, pad, none))
+  sums = _box_sums(_box_sums(images, radius, 1), radius, 2)
   # The counts are static (NumPy at trace time): XLA would spend seconds folding them.
   h, w = images.shape[1:3]
   counts = np.outer(_window_counts(h, radius), _window_counts(w, radius))[None, :, :, None]

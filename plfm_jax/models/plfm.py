@@ -184,15 +184,17 @@ class PLFM:
       raise ValueError(f"the head module does not fit head_output {self.head_output!r}")
 
   @classmethod
-  def from_config(cls, model_config: ml_collections.ConfigDict) -> PLFM:
+  def from_config(cls, model_config: ml_collections.ConfigDict, *,
+                  training: bool = True) -> PLFM:
     """Builds the model from the `model` section of configs/plfm.py.
 
-    `conv_impl` "auto" is resolved here for the default backend; `dtype` is the compute dtype,
-    parameters are always float32.
+    `conv_impl` "auto" is resolved here for the default backend and for training or for
+    inference only (`resolve_conv_impl`; the two give the same numbers up to float32 rounding);
+    `dtype` is the compute dtype, parameters are always float32.
     """
     if model_config.dtype not in _DTYPES:
       raise ValueError(f"model dtype must be one of {tuple(_DTYPES)}, got {model_config.dtype!r}")
-    common = dict(impl=resolve_conv_impl(model_config.conv_impl), norm=model_config.norm,
+    common = dict(impl=resolve_conv_impl(model_config.conv_impl, training=training), norm=model_config.norm,
                   dtype=_DTYPES[model_config.dtype], param_dtype=jnp.float32)
     return cls(
         temporal=TemporalBranch(features=tuple(model_config.temporal_features),
