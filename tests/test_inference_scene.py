@@ -399,9 +399,6 @@ def test_cli(scenes, workdir, tmp_path):
   assert "wrote" in done.stdout and f"found in {inputs_.cloudy}: cloud or haze" in done.stdout
   assert read(out).shape == scenes["small"]["cloudy"].shape
   assert_same_grid(inputs_.cloudy, out)
-  optical = run_cli("--workdir", workdir, *scene_args, "--overwrite")
-  assert optical.returncode == 0, optical.stderr
-  assert "no --sar: restored from the optical dates alone" in optical.stdout
 
   failed = run_cli("--workdir", tmp_path / "untrained", *scene_args, "--overwrite")
   assert failed.returncode == 2

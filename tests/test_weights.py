@@ -120,11 +120,13 @@ def test_wheel_holds_the_shipped_weights(tmp_path):
 def test_predict_without_workdir_uses_the_shipped_weights(scenes, tmp_path):  # noqa: F811
   inputs = scenes["small"]["inputs"]
   out, mask_out = tmp_path / "out.tif", tmp_path / "mask.tif"
+  # Without --sar (test_inference_scene's CLI test gives it): the optical dates alone.
   done = run_cli("--cloudy", inputs.cloudy, "--history", ",".join(map(str, inputs.history)),
-                 "--sar", inputs.sar, "--cloud_mask", inputs.cloud_mask, "--out", out,
-                 "--mask_out", mask_out, "--quiet")
+                 "--cloud_mask", inputs.cloud_mask, "--out", out, "--mask_out", mask_out,
+                 "--quiet")
   assert done.returncode == 0, done.stderr
   assert "wrote" in done.stdout
+  assert "no --sar: restored from the optical dates alone" in done.stdout
   cloudy, mask, result = scenes["small"]["cloudy"], scenes["small"]["mask"], tifffile.imread(out)
   # What the given mask flags is restored, and whatever else the detection added; the rest kept.
   restored = tifffile.imread(mask_out) > 0
