@@ -459,3 +459,26 @@ def test_real_clouds_and_shadows_are_found_and_restored(tmp_path):
   error = s2_reflectance(read(out))[restored] - reference[restored]
   assert -10 * np.log10(np.mean(error**2)) > 40
   assert report.dates[-1].cloud > 0.02 and report.dates[2].cloud + report.dates[2].shadow < 0.01
+
+
+def test_window_layout_takes_the_fewest_pixels_for_as_many_windows():
+  from plfm_jax.inference import tiling
+  count = lambda h, w, side, overlap: (len(tiling.window_starts(h, side, overlap))
+                                       * len(tiling.window_starts(w, side, overlap)))
+  # 2048 px: five windows per axis either way, of 480 px rather than 512.
+  assert scene.window_layout(2048, 2048, None, None) == (480, 64)
+  assert scene.window_layout(10980, 10980, None, None) == (512, 64)
+  # A scene that fits in one window gets one, rounded up to 32 px.
+  assert scene.window_layout(100, 70, None, None) == (128, 16)
+  for height, width, window, overlap in ((513, 513, 512, 64), (1000, 300, 256, 0),
+                                         (5000, 40, 512, 64), (777, 1234, 384, 48)):
+    side, used = scene.window_layout(height, width, window, overlap)
+    assert used == overlap and side % scene.WINDOW_MULTIPLE == 0 and side <= window
+    assert count(height, width, side, overlap) <= count(height, width, window, overlap)
+    smaller = side - scene.WINDOW_MULTIPLE
+    assert smaller <= overlap or count(height, width, smaller, overlap) > count(
+        height, width, window, overlap)
+  with pytest.raises(ValueError, match="multiple of 32"):
+    scene.window_layout(100, 100, 100, None)
+  with pytest.raises(InputError, match="--overlap"):
+    scene.window_layout(1000, 1000, 256, 256)

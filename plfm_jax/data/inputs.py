@@ -109,6 +109,8 @@ def model_example(history: np.ndarray, cloudy: np.ndarray, *, length: int,
   count, height, width = history.shape[:3]
   if count < 1:
     raise ValueError("at least one earlier date is needed")
+  valid = (np.ones((count + 1, height, width), bool) if valid is None
+           else np.asarray(valid, bool))
   given = np.zeros((count + 1, height, width), bool)
   if history_masks is not None:
     given[:-1] = history_masks
@@ -118,7 +120,7 @@ def model_example(history: np.ndarray, cloudy: np.ndarray, *, length: int,
   detection = masks(dates, given, valid, masking)
   found = detection.mask
   # An earlier date's nodata (outside its footprint) is a gap to fill like its clouds.
-  gaps = found[:-1] if valid is None else found[:-1] | ~np.asarray(valid, bool)[:-1]
+  gaps = found[:-1] | ~valid[:-1]
   chosen = select_dates(gaps, length)
   history_mask = gaps[chosen][..., None].astype(np.float32)
   filled = history[chosen]
@@ -127,4 +129,4 @@ def model_example(history: np.ndarray, cloudy: np.ndarray, *, length: int,
   return {"history": filled, "history_mask": history_mask, "cloudy": cloudy,
           "cloud_mask": found[-1][..., None].astype(np.float32), "dates": chosen,
           "masks": found, "cloud": detection.cloud, "shadow": detection.shadow,
-          "given": given if valid is None else given & np.asarray(valid, bool)}
+          "given": given & valid}

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-from typing import Any, NamedTuple
 
 from absl import app
 import numpy as np
@@ -25,12 +24,6 @@ from plfm_jax.errors import InputError
 RGB_BANDS = ("B4", "B3", "B2")
 QA60 = "QA60"
 _SUFFIXES = (".tif", ".tiff")
-
-
-class _Grid(NamedTuple):
-  crs: Any
-  transform: Any
-  shape: tuple[int, int]
 
 
 def band_files(folder: str | os.PathLike) -> dict[str, pathlib.Path]:
@@ -74,7 +67,7 @@ def stack_rgb(folder: str | os.PathLike, out: str | os.PathLike) -> pathlib.Path
                          f"found {src.count} band(s) of {src.dtypes[0]}")
       if profile is None:
         profile = src.profile
-        grid = _Grid(src.crs, src.transform, src.shape)
+        grid = georef.Grid(src.crs, src.transform, src.shape)
       elif not georef.same_grid(src, grid):
         raise InputError(files[band], f"is not on the grid of {files[RGB_BANDS[0]].name}")
       bands.append(src.read(1))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-from typing import NamedTuple
 
 import numpy as np
 import rasterio
@@ -64,7 +63,7 @@ def align_inputs(inputs, scratch: pathlib.Path):
   if not cloudy.exists():
     raise InputError(cloudy, "no such file (expected Sentinel-2 R, G, B of the cloudy date)")
   with rasters.quiet(), rasterio.open(cloudy) as reference:
-    grid = _Grid(reference.crs, reference.transform, reference.shape)
+    grid = georef.Grid(reference.crs, reference.transform, reference.shape)
 
   def on_grid(path: pathlib.Path | None, name: str,
               resampling: warp.Resampling) -> pathlib.Path | None:
@@ -89,12 +88,6 @@ def align_inputs(inputs, scratch: pathlib.Path):
       mask_format=mask_format,
       history_masks=tuple(on_grid(m, f"history_mask_{i}_aligned", warp.Resampling.nearest)
                           for i, m in enumerate(history_masks))), notes
-
-
-class _Grid(NamedTuple):
-  crs: object
-  transform: object
-  shape: tuple[int, int]
 
 
 def _reproject(src, out: pathlib.Path, grid, resampling: warp.Resampling) -> None:

@@ -224,8 +224,10 @@ def _tests(dates: jax.Array, reference: Reference, valid: jax.Array, known: jax.
 
 
 def _dilated3(mask: jax.Array) -> jax.Array:
-  """(N, H, W) bool dilated by a 3 x 3 square, as shifted slices XLA fuses into one pass (its
-  reduce_window over booleans runs several times slower)."""
+  """(N, H, W) bool dilated by a 3 x 3 square: `_window_max(mask, 1)` as shifted slices XLA
+  fuses into one pass, 3.5x faster in `_grown`'s loop. Not for `_window_max` itself: outside a
+  loop, XLA fused what computes the input into every slice and recomputed it (the whole
+  detection ran six times slower)."""
   rows = jnp.pad(mask, ((0, 0), (1, 1), (0, 0)))
   mask = rows[:, :-2] | rows[:, 1:-1] | rows[:, 2:]
   cols = jnp.pad(mask, ((0, 0), (0, 0), (1, 1)))

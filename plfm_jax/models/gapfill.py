@@ -382,8 +382,8 @@ def _box_sums(images: jax.Array, radius: int, axis: int) -> jax.Array:
   size = images.shape[axis]
   position = np.arange(size)
   high, low = np.minimum(position + radius + 1, size), np.maximum(position - radius, 0)
-  counts = (high - low).astype(np.float32).reshape([-1 if a == axis else 1
-                                                     for a in range(images.ndim)])
+  counts = _window_counts(size, radius).astype(np.float32).reshape(
+      [-1 if a == axis else 1 for a in range(images.ndim)])
   return (jnp.take(sums, high, axis=axis) - jnp.take(sums, low, axis=axis)
           + centre * counts)
 
