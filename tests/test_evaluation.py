@@ -1,4 +1,5 @@
-"""evaluate.py end to end on a tiny workdir trained by train.py on a synthetic dataset."""
+"""evaluate.py end to end on a tiny workdir (random variables, checkpointed as train.py leaves
+them: training itself is tested in test_trainer.py) and a synthetic dataset."""
 
 from __future__ import annotations
 
@@ -22,32 +23,25 @@ from plfm_jax.data import tfds_data
 from plfm_jax.errors import InputError
 from plfm_jax.evaluation import baselines
 from plfm_jax.evaluation import evaluate as evaluation
-from tests.tiny import tiny_config, tiny_flags
+from tests.tiny import tiny_config, tiny_flags, write_random_workdir
 
-# The tests run train.py and evaluate.py in subprocesses: `make test-fast` leaves them out.
+# The tests run evaluate.py in subprocesses: `make test-fast` leaves them out.
 pytestmark = pytest.mark.slow
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SIZE = 32
 NUM_TEST = 5
-# Tiny widths at 32 px (tests/tiny.py); the same on the train.py and evaluate.py command lines.
-TRAIN = {"batch_size": 2, "train.num_epochs": 1, "train.steps_per_epoch": 2,
-         "train.validation_steps": 1}
 # Metrics that average over pixels alone: exactly equal images give exactly equal values. (SSIM's
 # windows reach across the cloud border, so its clear-area value also sees cloud pixels.)
 PIXELWISE = ("psnr", "rmse", "mae", "sam")
 
 
-def flags(overrides: dict) -> list[str]:
-  return [f"--config.{k}={''.join(str(v).split()) if isinstance(v, tuple) else v}"
-          for k, v in overrides.items()]
-
-
 def config(tfds_dir: pathlib.Path, **overrides) -> ml_collections.ConfigDict:
-  """configs/plfm.py:demo with the tiny settings, as evaluate.py builds it from its flags."""
+  """configs/plfm.py:demo with the tiny settings (tests/tiny.py) at 32 px, as evaluate.py builds
+  it from its flags (`evaluate_command`)."""
   cfg = tiny_config("demo", size=SIZE)
   cfg.data.synthetic_size = SIZE
-  for key, value in {**TRAIN, "data.tfds_dir": str(tfds_dir), **overrides}.items():
+  for key, value in {"batch_size": 2, "data.tfds_dir": str(tfds_dir), **overrides}.items():
     *parents, leaf = key.split(".")
     node = cfg
     for parent in parents:
@@ -65,15 +59,13 @@ def run(*args: str, devices: int = 1) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path]:
-  """(workdir, tfds_dir): every stage trained for 2 steps."""
+  """(workdir, tfds_dir): a tiny model in every stage's best checkpoint."""
   root = tmp_path_factory.mktemp("evaluation")
   raw = synthetic.write_synthetic_dataset(
       root / "raw", series_per_split={"training": 4, "validation": 2, "test": NUM_TEST},
       image_size=SIZE)
   tfds_data.ensure_built(root / "tfds", manual_dir=raw)
-  out = run("train.py", "--config", "configs/plfm.py:demo", "--workdir", str(root / "work"),
-            f"--config.data.tfds_dir={root / 'tfds'}", *tiny_flags(SIZE), *flags(TRAIN))
-  assert out.returncode == 0, out.stderr[-3000:]
+  write_random_workdir(root / "work", config(root / "tfds"))
   return root / "work", root / "tfds"
 
 

@@ -3,31 +3,24 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import pathlib
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 import rasterio
 import tifffile
 
-from plfm_jax import workdir as workdir_lib
-from plfm_jax.checkpoints import StageCheckpoints
 from plfm_jax.data import inputs, pipeline
 from plfm_jax.data.clouds import simulate_clouds
 from plfm_jax.data.normalize import s2_reflectance
 from plfm_jax.data.synthetic import synthesize_zone
 from plfm_jax.errors import InputError
 from plfm_jax.inference import scene
-from plfm_jax.models.plfm import PLFM
-from plfm_jax import stages
-from plfm_jax.train import steps
 
 from conftest import GEO_TAGS
-from tests.tiny import tiny_config
+from tests.tiny import tiny_config, write_random_workdir
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 HEIGHT, WIDTH = 300, 421
@@ -78,34 +71,10 @@ def scene_config():
   return tiny_config("demo", size=TILE, keep_clear_pixels=False)
 
 
-def random_variables(plfm: PLFM) -> dict:
-  """Random weights of the right shapes, drawn with NumPy: no initialiser to compile."""
-  shapes = jax.eval_shape(functools.partial(
-      plfm.init, image_size=TILE, series_length=4), jax.random.key(0))
-  rng = np.random.default_rng(0)
-
-  def fill(path, leaf):
-    name = jax.tree_util.keystr(path)
-    if len(leaf.shape) > 1:
-      return rng.normal(0, 1 / np.sqrt(np.prod(leaf.shape[:-1])), leaf.shape).astype(np.float32)
-    return np.full(leaf.shape, 1.0 if "scale" in name or "var" in name else 0.0, np.float32)
-  return jax.tree_util.tree_map_with_path(fill, shapes)
-
-
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> pathlib.Path:
   """A workdir whose best checkpoints hold a tiny random model, as training would leave them."""
-  workdir = tmp_path_factory.mktemp("workdir")
-  config = scene_config()
-  variables = random_variables(PLFM.from_config(config.model))
-  for stage in ("temporal", "gan", "head"):
-    ckpts = StageCheckpoints(workdir, stage)
-    spec = stages.STAGES[stage]
-    state = steps.init_state(variables, spec, steps.make_optimizers(config.train, spec))
-    ckpts.save(1, state, {"epoch": 1}, workdir_lib.config_dict(config), best=True)
-    ckpts.wait()
-    ckpts.close()
-  return workdir
+  return write_random_workdir(tmp_path_factory.mktemp("workdir"), scene_config())
 
 
 @pytest.fixture(scope="module")

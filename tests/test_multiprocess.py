@@ -22,6 +22,7 @@ from test_inference_scene import assert_same_grid
 from test_inference_scene import scenes, workdir  # noqa: F401  (fixtures, used by name)
 from test_trainer import TINY, train_command
 from test_trainer import tfds_dir  # noqa: F401  (a fixture, used by name)
+from tests.tiny import tiny_config, write_random_workdir
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LAUNCH = [sys.executable, str(REPO / "scripts" / "launch_local.py")]
@@ -132,14 +133,12 @@ def test_a_failing_process_stops_the_job():
 
 @pytest.mark.slow
 def test_evaluation_in_two_processes_matches_one(tfds_dir, tmp_path):  # noqa: F811
-  workdir = tmp_path / "trained"
-  quick = ["--config.train.num_epochs=1", "--config.train.steps_per_epoch=2"]
-  trained = subprocess.run(train_command(workdir, tfds_dir, *quick), cwd=REPO,
-                           capture_output=True, text=True, timeout=600)
-  assert trained.returncode == 0, trained.stderr[-3000:]
+  config = tiny_config("demo", size=32, conv_impl="lax")
+  config.data.tfds_dir = str(tfds_dir)
+  workdir = write_random_workdir(tmp_path / "trained", config)
   evaluate = [sys.executable, str(REPO / "evaluate.py"), "--config",
               str(REPO / "configs/plfm.py:demo"), "--workdir", str(workdir),
-              f"--config.data.tfds_dir={tfds_dir}", *TINY, *quick, "--config.batch_size=4",
+              f"--config.data.tfds_dir={tfds_dir}", *TINY, "--config.batch_size=4",
               "--split", "validation", "--overwrite", "--scenarios", "detected"]
   summaries = {}
   # One process with as many devices as the two together: the same samples on each device.

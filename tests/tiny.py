@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import pathlib
+
+import jax
 import ml_collections
 import numpy as np
 
@@ -47,3 +51,39 @@ def random_batch(batch_size: int = 2, size: int = 32, *, dates: int = 3,
           "truth_mask": cloud_mask.copy(),
           "sar": uniform(batch_size, size, size, 1),
           "s2_scale": scale}
+
+
+def random_variables(config: ml_collections.ConfigDict, seed: int = 0) -> dict:
+  """Random variables of `config`'s model at its crop size, drawn with NumPy: no initialiser to
+  compile."""
+  from plfm_jax.data.layout import SERIES_LENGTH
+  from plfm_jax.models.plfm import PLFM
+  shapes = jax.eval_shape(functools.partial(
+      PLFM.from_config(config.model).init, image_size=config.data.crop_size,
+      series_length=SERIES_LENGTH), jax.random.key(0))
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    name = jax.tree_util.keystr(path)
+    if len(leaf.shape) > 1:
+      return rng.normal(0, 1 / np.sqrt(np.prod(leaf.shape[:-1])), leaf.shape).astype(np.float32)
+    return np.full(leaf.shape, 1.0 if "scale" in name or "var" in name else 0.0, np.float32)
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def write_random_workdir(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> pathlib.Path:
+  """A workdir whose best checkpoints hold `random_variables(config)` for every stage, written as
+  the trainer writes them: what evaluation, export and inference read, without training."""
+  from plfm_jax import stages
+  from plfm_jax import workdir as workdir_lib
+  from plfm_jax.checkpoints import StageCheckpoints
+  from plfm_jax.train import steps
+  variables = random_variables(config)
+  for stage in dict.fromkeys(stages.COMPONENT_STAGE.values()):
+    ckpts = StageCheckpoints(workdir, stage)
+    spec = stages.STAGES[stage]
+    state = steps.init_state(variables, spec, steps.make_optimizers(config.train, spec))
+    ckpts.save(1, state, {"epoch": 1}, workdir_lib.config_dict(config), best=True)
+    ckpts.wait()
+    ckpts.close()
+  return workdir
