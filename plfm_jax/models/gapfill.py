@@ -266,12 +266,15 @@ def fill_history(history: jax.Array, history_mask: jax.Array, *,
   """Each earlier date with its clouds (`history_mask` (B, T, H, W, 1), 1 = cloud or shadow)
   filled from the other earlier dates.
 
-  A masked pixel of date t becomes the median, over the other dates clear there, of those dates
-  matched band by band to date t (`match_bands`, fitted on the pixels clear in both); where no
-  other date is clear, the median of all other dates so matched. The cloudy date itself is never
-  a source: its clear pixels are what the prior is fitted to, and a feature copied from them
-  would fit them by construction. Unmasked pixels are returned exactly; with one earlier date
-  nothing can be filled.
+  First, a masked pixel of date t becomes the median, over the other dates clear there, of
+  those dates matched band by band to date t (`match_bands`, fitted on the pixels clear in
+  both); where no other date is clear, the median of all other dates so matched. Then each band
+  of date t is regressed on every band of the other dates so filled (`matched_regression`'s fit,
+  on the pixels clear in all of them): a change of season moves the bands of a place together,
+  which one gain per band cannot follow; the median fill stays where too few pixels are clear
+  for the regression. The cloudy date itself is never a source: its clear pixels are what the
+  prior is fitted to, and a feature copied from them would fit them by construction. Unmasked
+  pixels are returned exactly; with one earlier date nothing can be filled.
   """
   history = jnp.asarray(history, jnp.float32)
   mask = jnp.asarray(history_mask, jnp.float32)
@@ -288,7 +291,19 @@ def fill_history(history: jax.Array, history_mask: jax.Array, *,
   source_masked = jnp.moveaxis(mask[:, source], 1, 0).reshape(t, t - 1, b, *mask.shape[2:]) > 0.5
   clear_median = nanmedian_small(jnp.where(source_masked, jnp.nan, matched), axis=1)
   candidate = jnp.where(jnp.isnan(clear_median), nanmedian_small(matched, axis=1), clear_median)
-  return jnp.where(mask > 0.5, jnp.moveaxis(candidate, 0, 1), history)
+  median_filled = jnp.where(mask > 0.5, jnp.moveaxis(candidate, 0, 1), history)
+  # (T * B, ...) rows: each date's other dates (median-filled) as features, fitted where all
+  # of them and the date itself are clear.
+  others = jnp.moveaxis(median_filled[:, source], 1, 0).reshape(t, t - 1, b, *history.shape[2:])
+  features = _dates_as_bands(jnp.moveaxis(others, 1, 2).reshape(t * b, t - 1,
+                                                                *history.shape[2:]))
+  by_date = lambda x: jnp.moveaxis(x, 1, 0).reshape(t * b, *x.shape[2:])
+  fit_mask = jnp.maximum(by_date(mask), jnp.max(jnp.moveaxis(
+      mask[:, source], 1, 0).reshape(t, t - 1, b, *mask.shape[2:]), axis=1).reshape(
+          t * b, *mask.shape[2:]))
+  regressed = _regressed(features, by_date(history), fit_mask, by_date(median_filled), robust)
+  regressed = jnp.moveaxis(regressed.reshape(t, b, *history.shape[2:]), 0, 1)
+  return jnp.where(mask > 0.5, regressed, history)
 
 
 def persistence(history: jax.Array, cloudy: jax.Array, cloud_mask: jax.Array, *,
