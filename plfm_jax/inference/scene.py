@@ -457,19 +457,10 @@ def predict_scene(inputs: SceneInputs, out: str | os.PathLike, model: TileModel,
     InputError: a bad input, an existing output without `overwrite`, an output that is an
       input, too little disk space, or no earlier date.
   """
-  if model.normalization not in S2_NORMALIZATIONS:
-    raise ValueError(f"normalization must be one of {S2_NORMALIZATIONS}, "
-                     f"got {model.normalization!r}")
-  if not inputs.history:
-    raise InputError("--history", "at least one earlier date is needed")
+  _check_request(inputs, model)
   out = pathlib.Path(out)
   mask_out = None if mask_out is None else pathlib.Path(mask_out)
-  input_paths = [p for p in (inputs.cloudy, *inputs.history, inputs.sar, inputs.cloud_mask)
-                 if p is not None]
-  for path in [out] + ([mask_out] if mask_out else []):
-    _check_output(path, input_paths, overwrite)
-  if mask_out is not None and mask_out.absolute() == out.absolute():
-    raise InputError(mask_out, "is also the output image; choose another path for the mask")
+  _check_outputs(inputs, out, mask_out, overwrite)
   # Over several processes (`tile_model`), every one runs the windows; process 0 writes.
   writer = jax.process_index() == 0
   names = [*(str(p) for p in inputs.history), str(inputs.cloudy)]
@@ -482,51 +473,99 @@ def predict_scene(inputs: SceneInputs, out: str | os.PathLike, model: TileModel,
     cloudy = opened.cloudy
     height, width = cloudy.height, cloudy.width
     size, overlap = window_layout(height, width, window, overlap)
-    # Uncompressed sizes (uint16 R, G, B; uint8 mask): an upper bound of what Deflate writes.
-    needed = collections.Counter({out.parent.resolve(): height * width * 6})
-    if mask_out is not None:
-      needed[mask_out.parent.resolve()] += height * width
-    for folder, bytes_needed in needed.items():
-      diskspace.check_free_space(folder, bytes_needed, "the output")
+    _check_disk_space(out, mask_out, height, width)
     grid = tiling.TileGrid(height, width, size, overlap)
-    reader = _Reader(opened, model, masking)
     bar = stack.enter_context(tqdm.tqdm(total=len(grid), unit="window", desc="restoring",
                                         file=sys.stderr, disable=not (progress and writer)))
-    rows_own = tiling.own_parts(grid.row_starts, size, height)
-    cols_own = tiling.own_parts(grid.col_starts, size, width)
-    windows = (reader.window(int(top), int(left), size, (slice(*rows), slice(*cols)))
-               for top, rows in zip(grid.row_starts, rows_own)
-               for left, cols in zip(grid.col_starts, cols_own))
-    tally = {"run": 0, "counts": np.zeros((len(opened.history) + 1, 3))}
-
-    def tiles() -> Iterator[np.ndarray]:
-      for w, prediction in _predictions(windows, model, size, bar):
-        tally["run"] += w.example is not None
-        tally["counts"] += w.counts
-        yield np.concatenate([prediction, w.mask[..., None], w.shadow[..., None]], axis=-1)
+    tally = _Tally(runs=0, counts=np.zeros((len(opened.history) + 1, 3)))
+    windows = _scene_windows(_Reader(opened, model, masking), grid)
+    tiles = _tiles(_predictions(windows, model, size, bar), tally)
     outputs = []
     if writer:
-      outputs.append(stack.enter_context(rasters.Output(
+      outputs = [stack.enter_context(rasters.Output(
           out, reference=cloudy, bands=3, dtype=np.uint16, nodata=cloudy.nodata,
-          compression=compression, cog=cog)))
+          compression=compression, cog=cog))]
       if mask_out is not None:
         outputs.append(stack.enter_context(rasters.Output(
             mask_out, reference=cloudy, bands=1, dtype=np.uint8, nodata=None,
             compression=compression, cog=cog)))
-    restored = 0
-    for first, rows in tiling.blend(grid, tiles()):
-      original = cloudy.read(first, 0, len(rows), width)
-      result, mask_rows = _finish_rows(rows, original, cloudy.nodata, composite)
-      restored += int((mask_rows != MASK_CLEAR).sum())
-      if outputs:
-        outputs[0].write(first, result)
-        if mask_out is not None:
-          outputs[1].write(first, mask_rows[..., None])
-  dates = tuple(DateReport(name, *(tally["counts"][i] / (height * width)))
+    restored = _write_blended(grid, tiles, cloudy, outputs, composite)
+  dates = tuple(DateReport(name, *(tally.counts[i] / (height * width)))
                 for i, name in enumerate(names))
-  return SceneReport(height=height, width=width, windows=tally["run"],
+  return SceneReport(height=height, width=width, windows=tally.runs,
                      cloud_fraction=restored / (height * width), dates=dates,
                      sar=inputs.sar is not None, notes=tuple(notes))
+
+
+def _check_request(inputs: SceneInputs, model: TileModel) -> None:
+  if model.normalization not in S2_NORMALIZATIONS:
+    raise ValueError(f"normalization must be one of {S2_NORMALIZATIONS}, "
+                     f"got {model.normalization!r}")
+  if not inputs.history:
+    raise InputError("--history", "at least one earlier date is needed")
+
+
+def _check_outputs(inputs: SceneInputs, out: pathlib.Path, mask_out: pathlib.Path | None,
+                   overwrite: bool) -> None:
+  input_paths = [p for p in (inputs.cloudy, *inputs.history, inputs.sar, inputs.cloud_mask)
+                 if p is not None]
+  for path in [out] + ([mask_out] if mask_out else []):
+    _check_output(path, input_paths, overwrite)
+  if mask_out is not None and mask_out.absolute() == out.absolute():
+    raise InputError(mask_out, "is also the output image; choose another path for the mask")
+
+
+def _check_disk_space(out: pathlib.Path, mask_out: pathlib.Path | None, height: int,
+                      width: int) -> None:
+  # Uncompressed sizes (uint16 R, G, B; uint8 mask): an upper bound of what Deflate writes.
+  needed = collections.Counter({out.parent.resolve(): height * width * 6})
+  if mask_out is not None:
+    needed[mask_out.parent.resolve()] += height * width
+  for folder, bytes_needed in needed.items():
+    diskspace.check_free_space(folder, bytes_needed, "the output")
+
+
+def _scene_windows(reader: _Reader, grid: tiling.TileGrid) -> Iterator[_Window]:
+  """Every window of the scene, row by row, each counting its findings over its own part."""
+  size = grid.tile
+  rows_own = tiling.own_parts(grid.row_starts, size, grid.height)
+  cols_own = tiling.own_parts(grid.col_starts, size, grid.width)
+  for top, rows in zip(grid.row_starts, rows_own):
+    for left, cols in zip(grid.col_starts, cols_own):
+      yield reader.window(int(top), int(left), size, (slice(*rows), slice(*cols)))
+
+
+@dataclasses.dataclass
+class _Tally:
+  """Windows run through the model, and per date the (cloud, shadow, given) pixels found."""
+  runs: int
+  counts: np.ndarray
+
+
+def _tiles(predicted: Iterator[tuple[_Window, np.ndarray]], tally: _Tally
+           ) -> Iterator[np.ndarray]:
+  """What the blend averages per window: prediction (3 bands), mask and shadow; tallied."""
+  for w, prediction in predicted:
+    tally.runs += w.example is not None
+    tally.counts += w.counts
+    yield np.concatenate([prediction, w.mask[..., None], w.shadow[..., None]], axis=-1)
+
+
+def _write_blended(grid: tiling.TileGrid, tiles: Iterator[np.ndarray], cloudy: rasters.Raster,
+                   outputs: Sequence[rasters.Output], composite: bool) -> int:
+  """Blends the tiles into rows, finishes them against the cloudy input and writes them to
+  `outputs` (the image, then optionally the mask; none on processes that do not write); the
+  number of pixels restored."""
+  restored = 0
+  for first, rows in tiling.blend(grid, tiles):
+    original = cloudy.read(first, 0, len(rows), grid.width)
+    result, mask_rows = _finish_rows(rows, original, cloudy.nodata, composite)
+    restored += int((mask_rows != MASK_CLEAR).sum())
+    if outputs:
+      outputs[0].write(first, result)
+    if len(outputs) > 1:
+      outputs[1].write(first, mask_rows[..., None])
+  return restored
 
 
 def _finish_rows(rows: np.ndarray, original: np.ndarray, nodata: float | None,
