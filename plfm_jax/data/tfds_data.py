@@ -18,10 +18,10 @@ from tfds_builders.plfm_series import Builder
 FILE_FORMAT = "array_record"
 
 
-def _builder(data_dir: str | os.PathLike | None) -> Builder:
+def _builder(data_dir: str | os.PathLike | None, skip_invalid: bool = False) -> Builder:
   # An empty data_dir (the config default) means TFDS's own default: $TFDS_DATA_DIR or
   # ~/tensorflow_datasets.
-  return Builder(data_dir=os.fspath(data_dir) if data_dir else None)
+  return Builder(data_dir=os.fspath(data_dir) if data_dir else None, skip_invalid=skip_invalid)
 
 
 def _name(builder: Builder) -> str:
@@ -39,24 +39,26 @@ def patch_size(data_dir: str | os.PathLike | None) -> int:
 
 
 def ensure_built(data_dir: str | os.PathLike | None, *,
-                 manual_dir: str | os.PathLike | None = None) -> Builder:
+                 manual_dir: str | os.PathLike | None = None,
+                 skip_invalid: bool = False) -> Builder:
   """Returns the `plfm_series` builder, built from `manual_dir` first if needed.
 
   Run it in one process only (e.g. before launching a multi-host job): concurrent builds of the
   same data_dir race. An existing build is reused as is, whatever `manual_dir` holds. The patch
-  size comes from the data (`patch_size`); PLFM_SKIP_INVALID=1 leaves out series with invalid
-  files (each is logged) instead of stopping at the first.
+  size comes from the data (`patch_size`).
 
   Args:
     data_dir: TFDS data directory holding or receiving the dataset (empty: the TFDS default).
     manual_dir: raw dataset in the authors' layout (split folders training/, validation/, test/
       with sen1/ and sen2/, or sen1/ and sen2/ directly for a single train split).
+    skip_invalid: leave out series with invalid files (each is logged) instead of stopping at
+      the first.
 
   Raises:
     InputError: the dataset is not built and `manual_dir` is not given, does not exist, is empty
       or holds invalid data.
   """
-  builder = _builder(data_dir)
+  builder = _builder(data_dir, skip_invalid)
   if builder.is_prepared():
     return builder
   if not manual_dir:
