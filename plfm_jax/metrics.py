@@ -15,9 +15,9 @@ prediction. Where the reference code's own metric functions are defective or amb
 follow the published definitions instead (see `shifted_metrics`), so its numbers are not
 reproduced digit for digit.
 
-FID (`fid`, `fid_features`, `fid_from_features`): pytorch-fid's Inception-v3 pool3 features
-(`plfm_jax.inception`) from a weights file the user supplies (docs/fid.md), and the Frechet
-distance of their Gaussian statistics.
+FID (`load_fid_weights`, `fid_features`, `fid_from_features`): pytorch-fid's Inception-v3 pool3
+features (`plfm_jax.inception`) from a weights file the user supplies (docs/fid.md), and the
+Frechet distance of their Gaussian statistics.
 
 Internally images are channels-first, (B, C, H, W), so that the sliding-window filters run along
 contiguous memory. Several constructs below look roundabout but are there because XLA:CPU ran the
@@ -491,13 +491,8 @@ def fid_from_features(pred_features: np.ndarray, target_features: np.ndarray) ->
   return float(diff @ diff + (a1 * a1).sum() + (a2 * a2).sum() - 2.0 * trace_root)
 
 
-@functools.lru_cache(maxsize=1)
-def _load_inception(path: str) -> inception.Params:
-  return inception.load_inception(path)
-
-
 def load_fid_weights(inception_weights: str | os.PathLike | None) -> inception.Params:
-  """The Inception-v3 parameters of a weights file (docs/fid.md), cached per path.
+  """The Inception-v3 parameters of a weights file (docs/fid.md), for `fid_features`.
 
   Raises:
     InputError: no file given (nothing is downloaded at run time) or an unusable file.
@@ -505,30 +500,13 @@ def load_fid_weights(inception_weights: str | os.PathLike | None) -> inception.P
   if inception_weights is None:
     raise InputError("--fid_weights", "FID needs an Inception-v3 weights file; none is "
                      "downloaded at run time (see docs/fid.md)")
-  return _load_inception(os.fspath(inception_weights))
+  return inception.load_inception(os.fspath(inception_weights))
 
 
-def fid_features(images: np.ndarray, inception_weights: str | os.PathLike | None, *,
+def fid_features(images: np.ndarray, inception_params: inception.Params, *,
                  batch_size: int = 32) -> np.ndarray:
-  """(N, 2048) Inception pool3 features of (N, H, W, 3) images in [0, 1], resized to 299."""
-  return inception.extract_features(load_fid_weights(inception_weights), images,
-                                    batch_size=batch_size)
+  """(N, 2048) Inception pool3 features of (N, H, W, 3) images in [0, 1], resized to 299.
 
-
-def fid(pred_images: np.ndarray, target_images: np.ndarray,
-        inception_weights: str | os.PathLike | None) -> float:
-  """Frechet Inception Distance between two image sets, (N, H, W, 3) in [0, 1], N >= 2 each.
-
-  pytorch-fid's network and preprocessing (`plfm_jax.inception`) with the user's weights file;
-  nothing is downloaded at run time. To compare several sets with one reference, take
-  `fid_features` of each once and call `fid_from_features`.
+  `inception_params` from `load_fid_weights`, loaded once for every set to compare.
   """
-  for name, images in (("pred_images", pred_images), ("target_images", target_images)):
-    shape = np.shape(images)
-    if len(shape) != 4:
-      raise ValueError(f"{name} must be (N, H, W, C), got shape {shape}")
-    if shape[0] < 2:
-      raise ValueError(f"FID compares image sets and needs at least 2 images per set ({name} has "
-                       f"{shape[0]}): the covariance of one sample is undefined")
-  return fid_from_features(fid_features(pred_images, inception_weights),
-                           fid_features(target_images, inception_weights))
+  return inception.extract_features(inception_params, images, batch_size=batch_size)

@@ -22,6 +22,7 @@ from plfm_jax.data import tfds_data
 from plfm_jax.errors import InputError
 from plfm_jax.evaluation import baselines
 from plfm_jax.evaluation import evaluate as evaluation
+from tests.fid_testing import random_params
 from tests.tiny import tiny_config, tiny_flags
 
 # The tests run train.py and evaluate.py in subprocesses: `make test-fast` leaves them out.
@@ -236,7 +237,7 @@ def test_fid_of_every_method_against_the_ground_truth(trained, tmp_path):
   """Real FID through the Inception network, with random weights (no real ones here)."""
   workdir, tfds_dir = trained
   weights = tmp_path / "inception.npz"
-  inception.save_inception(weights, inception.random_params())
+  inception.save_inception(weights, random_params())
   summary = evaluation.evaluate(config(tfds_dir, batch_size=4), workdir, split="validation[:2]",
                                 scenarios=("exact",), fid_weights=weights, num_panels=0)
   out = workdir / "eval" / "validation_-2"

@@ -14,6 +14,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from plfm_jax import metrics
 from plfm_jax.errors import InputError
+from tests.fid_testing import fid
 
 SSIM_KW = dict(gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1,
                channel_axis=-1)
@@ -358,14 +359,14 @@ def test_fid_from_features_with_fewer_samples_than_dimensions_matches_the_statis
 def test_fid_refuses_single_images_and_missing_weights(tmp_path):
   images = np.zeros((2, 8, 8, 3), np.float32)
   with pytest.raises(ValueError, match="at least 2 images"):
-    metrics.fid(images[:1], images, "weights.npz")
+    fid(images[:1], images, "weights.npz")
   with pytest.raises(InputError) as missing_option:
-    metrics.fid(images, images, None)
+    fid(images, images, None)
   assert missing_option.value.path == "--fid_weights"
   with pytest.raises(InputError) as missing_file:
-    metrics.fid(images, images, tmp_path / "absent.npz")
+    fid(images, images, tmp_path / "absent.npz")
   assert missing_file.value.path == str(tmp_path / "absent.npz")
   weights = tmp_path / "inception.npz"
   weights.write_bytes(b"\0")
   with pytest.raises(InputError, match="not an .npz"):
-    metrics.fid(images, images, weights)
+    fid(images, images, weights)

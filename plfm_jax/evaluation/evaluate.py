@@ -222,16 +222,14 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
   if unknown or not scenarios:
     raise InputError(",".join(scenarios) or "--scenarios",
                      f"scenarios must be some of {', '.join(pipeline.SCENARIOS)}")
-  if fid_weights is not None:
-    # Refuses unusable weights before the evaluation rather than after it; the FID below then
-    # takes them from metrics' cache.
-    metrics.load_fid_weights(fid_weights)
+  # Loaded first: unusable weights are refused before the evaluation rather than after it.
+  inception_params = None if fid_weights is None else metrics.load_fid_weights(fid_weights)
   run = _prepare(config, workdir, split, weights)
   per_scenario = {}
   for scenario in scenarios:
     per_scenario[scenario] = _evaluate_scenario(
         run, scenario, num_panels, keep_images=fid_weights is not None and not per_scenario)
-  summary = _summary(run, per_scenario, fid_weights, started)
+  summary = _summary(run, per_scenario, fid_weights, inception_params, started)
   if jax.process_index() == 0:
     names = [_sample_name(run.source[i]) for i in range(run.num_samples)]
     _write_outputs(out, summary,
@@ -305,19 +303,21 @@ def _evaluate_scenario(run: _Run, scenario: str, num_panels: int, *,
   return results
 
 
-def _fid(results: _Results, fid_weights: str | pathlib.Path | None, scenario: str) -> dict:
+def _fid(results: _Results, fid_weights: str | pathlib.Path | None,
+         inception_params: Any, scenario: str) -> dict:
   if fid_weights is None:
     return {"computed": False, "reason": "no --fid_weights given"}
   # The ground truth's features once, not once per method: the network is the costly part.
-  truth = metrics.fid_features(results.all_images("ground_truth"), fid_weights)
+  truth = metrics.fid_features(results.all_images("ground_truth"), inception_params)
   return {"computed": True, "inception_weights": str(fid_weights), "scenario": scenario,
           "values": {m: metrics.fid_from_features(
-              metrics.fid_features(results.all_images(m), fid_weights), truth)
+              metrics.fid_features(results.all_images(m), inception_params), truth)
                      for m in baselines.METHODS}}
 
 
 def _summary(run: _Run, per_scenario: Mapping[str, _Results],
-             fid_weights: str | pathlib.Path | None, started: float) -> dict[str, Any]:
+             fid_weights: str | pathlib.Path | None, inception_params: Any,
+             started: float) -> dict[str, Any]:
   config = run.config
   clouds = config.data.clouds
   loop_seconds = sum(r.seconds for r in per_scenario.values())
@@ -351,7 +351,8 @@ def _summary(run: _Run, per_scenario: Mapping[str, _Results],
       "shifted_protocol": SHIFTED_PROTOCOL,
       # Mean weight the calibrated temporal correction got (1: applied whole, 0: turned off).
       "temporal_calibration": facts("temporal_calibration"),
-      "fid": _fid(next(iter(per_scenario.values())), fid_weights, next(iter(per_scenario))),
+      "fid": _fid(next(iter(per_scenario.values())), fid_weights, inception_params,
+                  next(iter(per_scenario))),
       "timing": {"total_seconds": time.perf_counter() - started,
                  "evaluation_loop_seconds": loop_seconds,
                  "samples_per_second": (run.num_samples * len(per_scenario)
