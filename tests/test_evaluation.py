@@ -18,12 +18,12 @@ from plfm_jax import inception
 from plfm_jax import weights as weights_lib
 from plfm_jax import workdir as workdir_lib
 from plfm_jax.data import synthetic
-from plfm_jax.data import tfds_data
 from plfm_jax.errors import InputError
 from plfm_jax.evaluation import baselines
 from plfm_jax.evaluation import evaluate as evaluation
 from tests.fid_testing import random_params
 from tests.tiny import tiny_config, tiny_flags
+from tfds_builders.plfm_series.build import ensure_built
 
 # The tests run train.py and evaluate.py in subprocesses: `make test-fast` leaves them out.
 pytestmark = pytest.mark.slow
@@ -71,7 +71,7 @@ def trained(tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path]:
   raw = synthetic.write_synthetic_dataset(
       root / "raw", series_per_split={"training": 4, "validation": 2, "test": NUM_TEST},
       image_size=SIZE)
-  tfds_data.ensure_built(root / "tfds", manual_dir=raw)
+  ensure_built(root / "tfds", manual_dir=raw)
   out = run("train.py", "--config", "configs/plfm.py:demo", "--workdir", str(root / "work"),
             f"--config.data.tfds_dir={root / 'tfds'}", *tiny_flags(SIZE), *flags(TRAIN))
   assert out.returncode == 0, out.stderr[-3000:]

@@ -16,9 +16,10 @@ import tifffile
 from plfm_jax.data.layout import MONTHS, scan_dataset
 from plfm_jax.data.readers import read_series
 from plfm_jax.data.synthetic import write_synthetic_dataset
-from plfm_jax.data.tfds_data import data_source, ensure_built, patch_size
+from plfm_jax.data.tfds_data import data_source, patch_size
 from plfm_jax.errors import InputError
 from tfds_builders.plfm_series import Builder
+from tfds_builders.plfm_series.build import ensure_built
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SPLIT_SIZES = {"training": 16, "validation": 4, "test": 4}
@@ -44,7 +45,8 @@ class HideTensorFlow:
 sys.meta_path = [HideTensorFlow() if f is PathFinder else f for f in sys.meta_path]
 from configs.plfm import data_config
 from plfm_jax.data.pipeline import make_iterator
-from plfm_jax.data.tfds_data import data_source, ensure_built
+from plfm_jax.data.tfds_data import data_source
+from tfds_builders.plfm_series.build import ensure_built
 
 data_dir, manual_dir, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
 builder = ensure_built(data_dir, manual_dir=manual_dir)

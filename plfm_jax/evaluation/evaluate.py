@@ -43,7 +43,7 @@ from plfm_jax import weights as weights_lib
 from plfm_jax import workdir as workdir_lib
 from plfm_jax.data import pipeline
 from plfm_jax.data import tfds_data
-from plfm_jax.data.prepare import prepare_dataset
+from plfm_jax.prepare import prepare_dataset
 from plfm_jax.data.layout import MONTHS
 from plfm_jax.data.normalize import REFLECTANCE_SCALE
 from plfm_jax.errors import InputError

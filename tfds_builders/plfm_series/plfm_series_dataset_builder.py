@@ -5,10 +5,12 @@ Built from the authors' dataset layout in `manual_dir` (see MANUAL_DOWNLOAD_INST
     tfds build tfds_builders/plfm_series --manual_dir=RAW --data_dir=TFDS \\
         --file_format=array_record
 
-or from Python, without TensorFlow (see `plfm_jax.data.tfds_data.ensure_built`). Records follow
-docs/architecture.md: s2 (4, H, W, 3) uint16, s1 (4, H, W, 1) float32 dB, cm (4, H, W) uint16,
-zone, patch, months (4,) int32 1..12. The patch size H = W comes from the data (every file must
-have the size of the first RGB image) and is recorded in the dataset's metadata, `patch_size`.
+or from Python, without TensorFlow (`tfds_builders.plfm_series.build.ensure_built`), and read
+by `plfm_jax.data.tfds_data` from the files alone (the name and version come from there, so that
+both agree). Records follow docs/architecture.md: s2 (4, H, W, 3) uint16, s1 (4, H, W, 1)
+float32 dB, cm (4, H, W) uint16, zone, patch, months (4,) int32 1..12. The patch size H = W
+comes from the data (every file must have the size of the first RGB image) and is recorded in
+the dataset's metadata, `patch_size`.
 
 Series with unreadable or invalid files stop the build unless the builder is made with
 `skip_invalid=True` (under `tfds build`, which makes the builder itself: PLFM_SKIP_INVALID=1);
@@ -27,6 +29,7 @@ import tensorflow_datasets as tfds
 
 from plfm_jax.data.layout import MONTHS, SERIES_LENGTH, Series, scan_dataset, \
     skip_invalid_requested
+from plfm_jax.data import tfds_data
 from plfm_jax.data.readers import patch_size, read_series, validate_scan
 from plfm_jax.diskspace import check_free_space
 from plfm_jax.errors import InputError
@@ -41,7 +44,8 @@ _log = logging.getLogger(__name__)
 class Builder(tfds.core.GeneratorBasedBuilder):
   """PLFM Sentinel-1/Sentinel-2 series from the authors' layout (manual download)."""
 
-  VERSION = tfds.core.Version("2.0.0")
+  name = tfds_data.NAME
+  VERSION = tfds.core.Version(tfds_data.VERSION)
   RELEASE_NOTES = {
       "1.0.0": "Initial release: s2, s1, cm, zone, patch, months per 4-date series.",
       "2.0.0": "One dataset for every patch size (taken from the files, metadata `patch_size`) "

@@ -1,4 +1,8 @@
-"""The dataset a run reads: built from the raw data, or from a synthetic dataset written first."""
+"""The dataset a run reads: built from the raw data, or from a synthetic dataset written first.
+
+Above `plfm_jax.data` and the builder (`tfds_builders`), which it runs; train and evaluation
+call it.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import ml_collections
 from plfm_jax.data import synthetic
 from plfm_jax.data import tfds_data
 from plfm_jax.data.layout import skip_invalid_requested
+from tfds_builders.plfm_series.build import ensure_built
 
 
 def prepare_dataset(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> tuple[str, dict]:
@@ -27,11 +32,10 @@ def prepare_dataset(config: ml_collections.ConfigDict, workdir: pathlib.Path) ->
     manual_dir = data.manual_dir
     if not manual_dir and data.synthetic and not tfds_data.is_built(tfds_dir):
       manual_dir = write_synthetic_once(workdir / "synthetic", config)
-    tfds_data.ensure_built(tfds_dir, manual_dir=manual_dir or None,
-                           skip_invalid=skip_invalid_requested())
+    ensure_built(tfds_dir, manual_dir=manual_dir or None, skip_invalid=skip_invalid_requested())
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("plfm_dataset_ready")
-  builder = tfds_data.ensure_built(tfds_dir)
+  builder = ensure_built(tfds_dir)
   return tfds_dir, {name: split.num_examples for name, split in builder.info.splits.items()}
 
 
