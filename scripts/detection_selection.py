@@ -30,10 +30,9 @@ from absl import flags
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # The repository's configs/, as train.py reads them.
 from configs.plfm import get_config  # noqa: E402
-from plfm_jax import metrics  # noqa: E402
 from plfm_jax import runtime  # noqa: E402
 from plfm_jax.data import layout, pipeline, readers  # noqa: E402
-from plfm_jax.evaluation import report  # noqa: E402
+from plfm_jax.evaluation import metrics, report  # noqa: E402
 from plfm_jax.masks import detect  # noqa: E402
 from plfm_jax.models import gapfill  # noqa: E402
 

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from plfm_jax import inception
-from plfm_jax import metrics
+from plfm_jax.evaluation import inception
+from plfm_jax.evaluation.fid import fid_features, fid_from_features, load_fid_weights
 
 
 def random_params(seed: int = 0) -> inception.Params:
@@ -46,6 +46,5 @@ def fid(pred_images: np.ndarray, target_images: np.ndarray,
     if shape[0] < 2:
       raise ValueError(f"FID compares image sets and needs at least 2 images per set ({name} has "
                        f"{shape[0]}): the covariance of one sample is undefined")
-  params = metrics.load_fid_weights(inception_weights)
-  return metrics.fid_from_features(metrics.fid_features(pred_images, params),
-                                   metrics.fid_features(target_images, params))
+  params = load_fid_weights(inception_weights)
+  return fid_from_features(fid_features(pred_images, params), fid_features(target_images, params))

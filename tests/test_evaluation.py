@@ -14,13 +14,13 @@ import ml_collections
 import numpy as np
 import pytest
 
-from plfm_jax import inception
 from plfm_jax import weights as weights_lib
 from plfm_jax import workdir as workdir_lib
 from plfm_jax.data import synthetic
 from plfm_jax.errors import InputError
 from plfm_jax.evaluation import baselines
 from plfm_jax.evaluation import evaluate as evaluation
+from plfm_jax.evaluation import inception
 from tests.fid_testing import random_params
 from tests.tiny import tiny_config, tiny_flags
 from tfds_builders.plfm_series.build import ensure_built

@@ -36,20 +36,23 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from plfm_jax import metrics
 from plfm_jax import sharding
 from plfm_jax import visualize
 from plfm_jax import weights as weights_lib
 from plfm_jax import workdir as workdir_lib
 from plfm_jax.data import pipeline
 from plfm_jax.data import tfds_data
-from plfm_jax.prepare import prepare_dataset
 from plfm_jax.data.layout import MONTHS
 from plfm_jax.data.normalize import REFLECTANCE_SCALE
 from plfm_jax.errors import InputError
 from plfm_jax.evaluation import baselines
+from plfm_jax.evaluation import fid
+from plfm_jax.evaluation import inception
+from plfm_jax.evaluation import metrics
 from plfm_jax.evaluation import report
+from plfm_jax.evaluation.shifted import shifted_metrics
 from plfm_jax.models.plfm import INFERENCE_COMPONENTS, PLFM
+from plfm_jax.prepare import prepare_dataset
 
 # The reference's shifted protocol (docs/reference_model.md).
 SHIFTED_PROTOCOL = {"border": 5, "max_shift": 3}
@@ -103,7 +106,7 @@ def _scores(images: Mapping[str, jax.Array], target: jax.Array,
   flat = stacked.reshape(b * m, *stacked.shape[2:])
   target = jnp.repeat(target, m, axis=0)
   scores = metrics.standard_metrics(flat, target, jnp.repeat(truth_mask, m, axis=0))
-  shifted = metrics.shifted_metrics(flat, target, **SHIFTED_PROTOCOL)
+  shifted = shifted_metrics(flat, target, **SHIFTED_PROTOCOL)
   scores.update({f"shifted_{k}": v for k, v in shifted.items()})
   return {k: v.reshape(b, m) for k, v in scores.items()}
 
@@ -223,7 +226,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
     raise InputError(",".join(scenarios) or "--scenarios",
                      f"scenarios must be some of {', '.join(pipeline.SCENARIOS)}")
   # Loaded first: unusable weights are refused before the evaluation rather than after it.
-  inception_params = None if fid_weights is None else metrics.load_fid_weights(fid_weights)
+  inception_params = None if fid_weights is None else fid.load_fid_weights(fid_weights)
   run = _prepare(config, workdir, split, weights)
   per_scenario = {}
   for scenario in scenarios:
@@ -304,19 +307,19 @@ def _evaluate_scenario(run: _Run, scenario: str, num_panels: int, *,
 
 
 def _fid(results: _Results, fid_weights: str | pathlib.Path | None,
-         inception_params: Any, scenario: str) -> dict:
+         inception_params: inception.Params | None, scenario: str) -> dict:
   if fid_weights is None:
     return {"computed": False, "reason": "no --fid_weights given"}
   # The ground truth's features once, not once per method: the network is the costly part.
-  truth = metrics.fid_features(results.all_images("ground_truth"), inception_params)
+  truth = fid.fid_features(results.all_images("ground_truth"), inception_params)
   return {"computed": True, "inception_weights": str(fid_weights), "scenario": scenario,
-          "values": {m: metrics.fid_from_features(
-              metrics.fid_features(results.all_images(m), inception_params), truth)
+          "values": {m: fid.fid_from_features(
+              fid.fid_features(results.all_images(m), inception_params), truth)
                      for m in baselines.METHODS}}
 
 
 def _summary(run: _Run, per_scenario: Mapping[str, _Results],
-             fid_weights: str | pathlib.Path | None, inception_params: Any,
+             fid_weights: str | pathlib.Path | None, inception_params: inception.Params | None,
              started: float) -> dict[str, Any]:
   config = run.config
   clouds = config.data.clouds
