@@ -57,7 +57,7 @@ def candidates() -> dict[str, detect.DetectionSettings]:
 def validation_records(sample_root: pathlib.Path, held_out: int) -> dict[str, list[dict]]:
   """{zone: records of its `held_out` highest-numbered patches}, as the dataset stores them."""
   scan = layout.scan_dataset(sample_root)
-  size = readers.patch_size(scan)
+  size = readers.raw_patch_size(scan)
   by_zone: dict[str, list] = {}
   for series in scan.all_series():
     by_zone.setdefault(series.zone, []).append(series)

@@ -169,8 +169,9 @@ def test_same_samples_and_clouds_for_any_batch_size_and_devices(trained, cli_out
   """A TFDS slice of the whole split in batches of 4 (one padded) on one device scores the same
   samples under the same clouds as batches of 2 on two devices."""
   workdir, tfds_dir = trained
-  summary = evaluation.evaluate(config(tfds_dir, batch_size=4), workdir, split=f"test[:{NUM_TEST}]",
-                                scenarios=("exact",), num_panels=0)
+  summary = evaluation.run_evaluation(config(tfds_dir, batch_size=4), workdir,
+                                      split=f"test[:{NUM_TEST}]", scenarios=("exact",),
+                                      num_panels=0)
   out = workdir / "eval" / "test_-5"
   assert summary["num_samples"] == NUM_TEST and (out / "summary.json").is_file()
   assert not (out / "panels").exists()
@@ -190,8 +191,8 @@ def test_same_samples_and_clouds_for_any_batch_size_and_devices(trained, cli_out
                                                              rel=rel), method
 
   # --overwrite replaces the folder as a whole: no file of the previous run survives.
-  evaluation.evaluate(config(tfds_dir, batch_size=4), workdir, split=f"test[:{NUM_TEST}]",
-                      scenarios=("exact",), num_panels=1, overwrite=True)
+  evaluation.run_evaluation(config(tfds_dir, batch_size=4), workdir, split=f"test[:{NUM_TEST}]",
+                            scenarios=("exact",), num_panels=1, overwrite=True)
   assert [p.name for p in (out / "panels" / "exact").iterdir()] == ["samples_0000-0000.png"]
 
 
@@ -220,8 +221,8 @@ def test_unusable_fid_weights_are_one_line_errors(trained, tmp_path, weights):
 def test_config_that_does_not_fit_the_checkpoints(trained):
   workdir, tfds_dir = trained
   with pytest.raises(InputError, match=r"model.head_features: 4 -> 8"):
-    evaluation.evaluate(config(tfds_dir, **{"model.head_features": 8}), workdir,
-                        split="validation")
+    evaluation.run_evaluation(config(tfds_dir, **{"model.head_features": 8}), workdir,
+                              split="validation")
   # Numerics-only settings may differ; they are reported, not refused.
   assert workdir_lib.check_model_config(config(tfds_dir, **{"model.time_loop": "scan"}),
                                        workdir) == [
@@ -230,7 +231,7 @@ def test_config_that_does_not_fit_the_checkpoints(trained):
 
 def test_untrained_workdir(tmp_path):
   with pytest.raises(InputError, match="no trained model here"):
-    evaluation.evaluate(config(tmp_path / "tfds"), tmp_path / "nothing")
+    evaluation.run_evaluation(config(tmp_path / "tfds"), tmp_path / "nothing")
 
 
 def test_fid_of_every_method_against_the_ground_truth(trained, tmp_path):
@@ -238,8 +239,9 @@ def test_fid_of_every_method_against_the_ground_truth(trained, tmp_path):
   workdir, tfds_dir = trained
   weights = tmp_path / "inception.npz"
   inception.save_inception(weights, random_params())
-  summary = evaluation.evaluate(config(tfds_dir, batch_size=4), workdir, split="validation[:2]",
-                                scenarios=("exact",), fid_weights=weights, num_panels=0)
+  summary = evaluation.run_evaluation(config(tfds_dir, batch_size=4), workdir,
+                                      split="validation[:2]", scenarios=("exact",),
+                                      fid_weights=weights, num_panels=0)
   out = workdir / "eval" / "validation_-2"
   written = json.loads((out / "summary.json").read_text())["fid"]
   assert written == summary["fid"]
@@ -301,8 +303,8 @@ def test_weights_file_evaluates_like_its_workdir(trained, cli_output, tmp_path):
   exported = weights_lib.export(workdir, tmp_path / "model.msgpack", description="test")
   # The model comes from the weights, whatever the config says of it; the data from the config.
   cfg = config(tfds_dir, **{"model.head_features": 16, "model.head_output": "image"})
-  summary = evaluation.evaluate(cfg, tmp_path / "out", split="test", scenarios=("exact",),
-                                weights=exported)
+  summary = evaluation.run_evaluation(cfg, tmp_path / "out", split="test", scenarios=("exact",),
+                                      weights=exported)
   assert summary["weights"] == str(exported.path)
   reference = json.loads((cli_output / "summary.json").read_text())
   # (Within the float32 roundings that the model's least-squares fits amplify: the variables

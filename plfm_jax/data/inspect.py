@@ -16,7 +16,7 @@ from absl import app
 from absl import flags
 
 from plfm_jax.data.layout import Scan, scan_dataset, skip_invalid_requested
-from plfm_jax.data.readers import patch_size, validate_scan
+from plfm_jax.data.readers import raw_patch_size, validate_scan
 
 FLAGS = flags.FLAGS
 
@@ -50,7 +50,7 @@ def inspect(root: str | os.PathLike, *, validate: bool = True, skip_invalid: boo
   scan = scan_dataset(root, skip_invalid=skip_invalid)
   if not validate:
     return format_report(scan, None)
-  size = patch_size(scan)
+  size = raw_patch_size(scan)
   return format_report(validate_scan(scan, size, skip_invalid=skip_invalid), size)
 
 

@@ -185,11 +185,11 @@ def _panel_columns(batch: Mapping[str, np.ndarray],
 DEFAULT_SCENARIOS = ("detected", "exact", "qa60", "history_clouded")
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
-             split: str = "test", scenarios: tuple[str, ...] = DEFAULT_SCENARIOS,
-             fid_weights: str | pathlib.Path | None = None, num_panels: int = 8,
-             overwrite: bool = False,
-             weights: weights_lib.Weights | None = None) -> dict[str, Any]:
+def run_evaluation(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
+                   split: str = "test", scenarios: tuple[str, ...] = DEFAULT_SCENARIOS,
+                   fid_weights: str | pathlib.Path | None = None, num_panels: int = 8,
+                   overwrite: bool = False,
+                   weights: weights_lib.Weights | None = None) -> dict[str, Any]:
   """Evaluates the workdir's best PLFM (or `weights`) and the baselines on `split`; writes
   `output_dir`.
 

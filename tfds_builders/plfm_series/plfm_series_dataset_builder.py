@@ -30,7 +30,7 @@ import tensorflow_datasets as tfds
 from plfm_jax.data.layout import MONTHS, SERIES_LENGTH, Series, scan_dataset, \
     skip_invalid_requested
 from plfm_jax.data import tfds_data
-from plfm_jax.data.readers import patch_size, read_series, validate_scan
+from plfm_jax.data.readers import raw_patch_size, read_series, validate_scan
 from plfm_jax.diskspace import check_free_space
 from plfm_jax.errors import InputError
 
@@ -104,7 +104,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     scan = scan_dataset(dl_manager.manual_dir, skip_invalid=self.skip_invalid)
-    size = patch_size(scan)
+    size = raw_patch_size(scan)
     self.info.metadata["patch_size"] = size
     _log.info("plfm_series: %d px patches", size)
     self._check_free_space(size, [len(series) for series in scan.splits.values()])
