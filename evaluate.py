@@ -44,11 +44,12 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   runtime.configure(FLAGS.debug)
-  summary = evaluation.evaluate(FLAGS.config, FLAGS.workdir, split=FLAGS.split,
-                                scenarios=tuple(FLAGS.scenarios), fid_weights=FLAGS.fid_weights, num_panels=FLAGS.num_panels,
-                                overwrite=FLAGS.overwrite,
-                                weights=(None if FLAGS.weights is None
-                                         else weights_lib.load(FLAGS.weights)))
+  summary = evaluation.run_evaluation(FLAGS.config, FLAGS.workdir, split=FLAGS.split,
+                                      scenarios=tuple(FLAGS.scenarios),
+                                      fid_weights=FLAGS.fid_weights, num_panels=FLAGS.num_panels,
+                                      overwrite=FLAGS.overwrite,
+                                      weights=(None if FLAGS.weights is None
+                                               else weights_lib.load(FLAGS.weights)))
   if jax.process_index() == 0:
     for scenario in summary["scenarios"]:
       print(f"scenario {scenario}: {report.SCENARIO_TITLES[scenario]}")

@@ -1,6 +1,6 @@
 """Input-pipeline worker of the benchmark: training samples per second through grain.
 
-Builds `plfm_series` (array_record) with `plfm_jax.data.tfds_data.ensure_built` from the real
+Builds `plfm_series` (array_record) with `tfds_builders.plfm_series.build.ensure_built` from the real
 sample when present (256 px) or from a synthetic dataset (--quick), then draws training batches
 from `plfm_jax.data.pipeline.make_iterator(train=True)`: random crops, flips, normalisation and
 simulated clouds, with the config's read threads and no worker processes. The CPU time the
@@ -20,8 +20,8 @@ from typing import Any
 from bench import measure
 from plfm_jax import runtime
 from plfm_jax.data import pipeline
-from plfm_jax.data import tfds_data
 from plfm_jax.data.synthetic import write_synthetic_dataset
+from tfds_builders.plfm_series.build import ensure_built
 
 # The real sample (authors' layout, 256 px); tests/conftest.py looks in the same place.
 SAMPLE_ROOT = pathlib.Path(os.environ.get(
@@ -38,7 +38,7 @@ def _build(config: Any, quick: bool, data_dir: pathlib.Path, scratch: pathlib.Pa
                                   image_size=config.data.crop_size, flat=True)
     source = f"synthetic, {QUICK_SERIES} series"
   measure.log(f"input pipeline: building plfm_series from {source} (if not built)")
-  tfds_data.ensure_built(data_dir, manual_dir=raw)
+  ensure_built(data_dir, manual_dir=raw)
   return source
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging as python_logging
 import os
 import pathlib
 
@@ -36,6 +37,9 @@ def configure(debug: bool = False) -> None:
   """
   _add_xla_flags(_XLA_FLAGS)
   logging.set_verbosity(logging.INFO if debug else logging.ERROR)
+  # What a dataset build left out (PLFM_SKIP_INVALID) is for the user, not a library's note.
+  python_logging.getLogger("tfds_builders").setLevel(
+      python_logging.INFO if debug else python_logging.WARNING)
   if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     cache = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache"))
     jax.config.update("jax_compilation_cache_dir", str(cache / "plfm_jax" / "xla"))

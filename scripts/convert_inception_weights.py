@@ -19,8 +19,8 @@ from typing import Any
 
 from absl import app
 
-from plfm_jax import inception
 from plfm_jax.errors import InputError
+from plfm_jax.evaluation import inception
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, Any]:

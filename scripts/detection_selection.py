@@ -30,10 +30,9 @@ from absl import flags
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # The repository's configs/, as train.py reads them.
 from configs.plfm import get_config  # noqa: E402
-from plfm_jax import metrics  # noqa: E402
 from plfm_jax import runtime  # noqa: E402
 from plfm_jax.data import layout, pipeline, readers  # noqa: E402
-from plfm_jax.evaluation import report  # noqa: E402
+from plfm_jax.evaluation import metrics, report  # noqa: E402
 from plfm_jax.masks import detect  # noqa: E402
 from plfm_jax.models import gapfill  # noqa: E402
 
@@ -58,7 +57,7 @@ def candidates() -> dict[str, detect.DetectionSettings]:
 def validation_records(sample_root: pathlib.Path, held_out: int) -> dict[str, list[dict]]:
   """{zone: records of its `held_out` highest-numbered patches}, as the dataset stores them."""
   scan = layout.scan_dataset(sample_root)
-  size = readers.patch_size(scan)
+  size = readers.raw_patch_size(scan)
   by_zone: dict[str, list] = {}
   for series in scan.all_series():
     by_zone.setdefault(series.zone, []).append(series)

@@ -21,11 +21,11 @@ import jax
 import numpy as np
 from absl import flags
 
-from plfm_jax import metrics
 from plfm_jax import runtime
 from plfm_jax import workdir as workdir_lib
 from plfm_jax.data import pipeline
 from plfm_jax.errors import InputError
+from plfm_jax.evaluation import metrics
 from plfm_jax.evaluation import report
 from plfm_jax.models import gapfill
 

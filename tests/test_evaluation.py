@@ -15,15 +15,16 @@ import ml_collections
 import numpy as np
 import pytest
 
-from plfm_jax import inception
 from plfm_jax import weights as weights_lib
 from plfm_jax import workdir as workdir_lib
 from plfm_jax.data import synthetic
-from plfm_jax.data import tfds_data
 from plfm_jax.errors import InputError
 from plfm_jax.evaluation import baselines
 from plfm_jax.evaluation import evaluate as evaluation
+from plfm_jax.evaluation import inception
+from tests.fid_testing import random_params
 from tests.tiny import tiny_config, tiny_flags, write_random_workdir
+from tfds_builders.plfm_series.build import ensure_built
 
 # The tests run evaluate.py in subprocesses: `make test-fast` leaves them out.
 pytestmark = pytest.mark.slow
@@ -64,7 +65,7 @@ def trained(tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path]:
   raw = synthetic.write_synthetic_dataset(
       root / "raw", series_per_split={"training": 4, "validation": 2, "test": NUM_TEST},
       image_size=SIZE)
-  tfds_data.ensure_built(root / "tfds", manual_dir=raw)
+  ensure_built(root / "tfds", manual_dir=raw)
   write_random_workdir(root / "work", config(root / "tfds"))
   return root / "work", root / "tfds"
 
@@ -160,8 +161,9 @@ def test_same_samples_and_clouds_for_any_batch_size_and_devices(trained, cli_out
   """A TFDS slice of the whole split in batches of 4 (one padded) on one device scores the same
   samples under the same clouds as batches of 2 on two devices."""
   workdir, tfds_dir = trained
-  summary = evaluation.evaluate(config(tfds_dir, batch_size=4), workdir, split=f"test[:{NUM_TEST}]",
-                                scenarios=("exact",), num_panels=0)
+  summary = evaluation.run_evaluation(config(tfds_dir, batch_size=4), workdir,
+                                      split=f"test[:{NUM_TEST}]", scenarios=("exact",),
+                                      num_panels=0)
   out = workdir / "eval" / "test_-5"
   assert summary["num_samples"] == NUM_TEST and (out / "summary.json").is_file()
   assert not (out / "panels").exists()
@@ -181,8 +183,8 @@ def test_same_samples_and_clouds_for_any_batch_size_and_devices(trained, cli_out
                                                              rel=rel), method
 
   # --overwrite replaces the folder as a whole: no file of the previous run survives.
-  evaluation.evaluate(config(tfds_dir, batch_size=4), workdir, split=f"test[:{NUM_TEST}]",
-                      scenarios=("exact",), num_panels=1, overwrite=True)
+  evaluation.run_evaluation(config(tfds_dir, batch_size=4), workdir, split=f"test[:{NUM_TEST}]",
+                            scenarios=("exact",), num_panels=1, overwrite=True)
   assert [p.name for p in (out / "panels" / "exact").iterdir()] == ["samples_0000-0000.png"]
 
 
@@ -211,8 +213,8 @@ def test_unusable_fid_weights_are_one_line_errors(trained, tmp_path, weights):
 def test_config_that_does_not_fit_the_checkpoints(trained):
   workdir, tfds_dir = trained
   with pytest.raises(InputError, match=r"model.head_features: 4 -> 8"):
-    evaluation.evaluate(config(tfds_dir, **{"model.head_features": 8}), workdir,
-                        split="validation")
+    evaluation.run_evaluation(config(tfds_dir, **{"model.head_features": 8}), workdir,
+                              split="validation")
   # Numerics-only settings may differ; they are reported, not refused.
   assert workdir_lib.check_model_config(config(tfds_dir, **{"model.time_loop": "scan"}),
                                        workdir) == [
@@ -221,16 +223,17 @@ def test_config_that_does_not_fit_the_checkpoints(trained):
 
 def test_untrained_workdir(tmp_path):
   with pytest.raises(InputError, match="no trained model here"):
-    evaluation.evaluate(config(tmp_path / "tfds"), tmp_path / "nothing")
+    evaluation.run_evaluation(config(tmp_path / "tfds"), tmp_path / "nothing")
 
 
 def test_fid_of_every_method_against_the_ground_truth(trained, tmp_path):
   """Real FID through the Inception network, with random weights (no real ones here)."""
   workdir, tfds_dir = trained
   weights = tmp_path / "inception.npz"
-  inception.save_inception(weights, inception.random_params())
-  summary = evaluation.evaluate(config(tfds_dir, batch_size=4), workdir, split="validation[:2]",
-                                scenarios=("exact",), fid_weights=weights, num_panels=0)
+  inception.save_inception(weights, random_params())
+  summary = evaluation.run_evaluation(config(tfds_dir, batch_size=4), workdir,
+                                      split="validation[:2]", scenarios=("exact",),
+                                      fid_weights=weights, num_panels=0)
   out = workdir / "eval" / "validation_-2"
   written = json.loads((out / "summary.json").read_text())["fid"]
   assert written == summary["fid"]
@@ -292,8 +295,8 @@ def test_weights_file_evaluates_like_its_workdir(trained, cli_output, tmp_path):
   exported = weights_lib.export(workdir, tmp_path / "model.msgpack", description="test")
   # The model comes from the weights, whatever the config says of it; the data from the config.
   cfg = config(tfds_dir, **{"model.head_features": 16, "model.head_output": "image"})
-  summary = evaluation.evaluate(cfg, tmp_path / "out", split="test", scenarios=("exact",),
-                                weights=exported)
+  summary = evaluation.run_evaluation(cfg, tmp_path / "out", split="test", scenarios=("exact",),
+                                      weights=exported)
   assert summary["weights"] == str(exported.path)
   reference = json.loads((cli_output / "summary.json").read_text())
   # (Within the float32 roundings that the model's least-squares fits amplify: the variables

@@ -1,7 +1,8 @@
 """The FID Inception-v3: architecture, weights file, preprocessing and FID with random weights.
 
-No real weights here (nothing is downloaded): the network runs with `random_params`, which
-checks the plumbing and the FID's behaviour, not its published values.
+No real weights here (nothing is downloaded): the network runs with `random_params`
+(tests/fid_testing.py), which checks the plumbing and the FID's behaviour, not its published
+values.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from plfm_jax import inception
-from plfm_jax import metrics
 from plfm_jax.errors import InputError
+from plfm_jax.evaluation import inception
+from plfm_jax.evaluation.fid import fid_features, fid_from_features, load_fid_weights
+from tests.fid_testing import fid, random_params
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Each block's output at 299 x 299, (H, W, C), as the comments of torchvision's
@@ -37,7 +39,7 @@ TRAINABLE_PARAMETERS = 27_161_264 - 3_326_696 - 2_049_000
 
 @pytest.fixture(scope="module")
 def params() -> inception.Params:
-  return inception.random_params(seed=0)
+  return random_params(seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -155,17 +157,18 @@ def test_preprocess_resizes_like_torch_and_scales_to_minus_one_one(size):
 
 def test_fid_of_random_network_behaves(weights, params):
   sets = image_sets()
-  features = {name: metrics.fid_features(images, weights) for name, images in sets.items()}
+  loaded = load_fid_weights(weights)
+  features = {name: fid_features(images, loaded) for name, images in sets.items()}
   assert features["base"].shape == (3, inception.FEATURES)
   assert features["base"].dtype == np.float32 and np.isfinite(features["base"]).all()
-  assert metrics.fid_from_features(features["base"], features["base"]) == pytest.approx(
+  assert fid_from_features(features["base"], features["base"]) == pytest.approx(
       0.0, abs=1e-6)
-  noisy = metrics.fid_from_features(features["base"], features["noisy"])
-  unlike = metrics.fid_from_features(features["base"], features["ramps"])
+  noisy = fid_from_features(features["base"], features["noisy"])
+  unlike = fid_from_features(features["base"], features["ramps"])
   assert 0 < noisy < unlike / 10
   # The whole path, in batches of 2 this time.
-  assert metrics.fid(sets["base"][:2], sets["noisy"][:2], weights) == pytest.approx(
-      metrics.fid_from_features(features["base"][:2], features["noisy"][:2]), rel=1e-3)
+  assert fid(sets["base"][:2], sets["noisy"][:2], weights) == pytest.approx(
+      fid_from_features(features["base"][:2], features["noisy"][:2]), rel=1e-3)
   # Batches of 2, the last one padded, give the same features.
   np.testing.assert_allclose(inception.extract_features(params, sets["base"], batch_size=2),
                              features["base"], rtol=1e-4, atol=1e-4)

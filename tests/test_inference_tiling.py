@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -9,9 +11,10 @@ from plfm_jax.inference import tiling
 
 
 def windows_of(image: np.ndarray, grid: tiling.TileGrid) -> list[np.ndarray]:
-  """The windows of `grid` cut from `image` (H, W, C), padded with NaN beyond the scene."""
+  """The windows of `grid` cut from `image` (H, W, C), padded with NaN beyond the scene, in the
+  row-major order `blend` expects."""
   tiles = []
-  for top, left in grid.windows():
+  for top, left in itertools.product(grid.row_starts, grid.col_starts):
     tile = np.full((grid.tile, grid.tile, image.shape[-1]), np.nan, np.float32)
     part = image[top:top + grid.tile, left:left + grid.tile]
     tile[:part.shape[0], :part.shape[1]] = part

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 import subprocess
 import sys
@@ -15,9 +16,11 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SIZE = 16
 
 
-def _inspect(*args: str | pathlib.Path) -> subprocess.CompletedProcess:
+def _inspect(*args: str | pathlib.Path, env: dict[str, str] | None = None
+             ) -> subprocess.CompletedProcess:
   return subprocess.run([sys.executable, "-m", "plfm_jax.data.inspect", *map(str, args)],
-                        capture_output=True, text=True, cwd=REPO_ROOT, timeout=60, check=False)
+                        capture_output=True, text=True, cwd=REPO_ROOT, timeout=60, check=False,
+                        env=None if env is None else {**os.environ, **env})
 
 
 @pytest.fixture
@@ -57,11 +60,12 @@ def test_bad_file_is_one_line_with_exit_code_2(split_root):
   assert result.stdout == ""
 
 
-def test_skip_invalid_lists_problems(split_root, monkeypatch):
+def test_skip_invalid_lists_problems(split_root):
   bad = _first_rgb(split_root)
   bad.write_bytes(bad.read_bytes()[:100])
-  monkeypatch.setenv("PLFM_SKIP_INVALID", "1")
-  out = inspect(split_root).splitlines()
+  # The command reads the environment variable; the function takes it as an argument.
+  out = _inspect(split_root, env={"PLFM_SKIP_INVALID": "1"}).stdout.splitlines()
+  assert inspect(split_root, skip_invalid=True).splitlines() == out
   assert "problems (1, affected series skipped):" in out
   assert any(line.startswith(f"  {bad}: not a readable TIFF") for line in out)
   assert out[-1].startswith("summary: 2 series (train 1, test 1), 1 problem(s)")

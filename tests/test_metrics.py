@@ -12,8 +12,11 @@ import scipy.ndimage
 from numpy.lib.stride_tricks import sliding_window_view
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from plfm_jax import metrics
 from plfm_jax.errors import InputError
+from plfm_jax.evaluation import metrics
+from plfm_jax.evaluation.fid import feature_statistics, fid_from_features, frechet_distance
+from plfm_jax.evaluation.shifted import shifted_metrics
+from tests.fid_testing import fid
 
 SSIM_KW = dict(gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1,
                channel_axis=-1)
@@ -131,7 +134,7 @@ def test_identical_images_score_perfectly():
   np.testing.assert_array_equal(got["mae"], 0.0)
   np.testing.assert_allclose(got["ssim"], 1.0, atol=1e-6)
   np.testing.assert_allclose(got["sam"], 0.0, atol=1e-3)
-  shifted = metrics.shifted_metrics(target, target)
+  shifted = shifted_metrics(target, target)
   np.testing.assert_array_equal(shifted["psnr"], np.inf)
   for key in ("mse", "rmse", "dd"):
     np.testing.assert_array_equal(shifted[key], 0.0)
@@ -221,9 +224,9 @@ def test_bad_shapes_are_refused():
   with pytest.raises(ValueError, match="smaller than"):
     metrics.ssim(image[:, :8, :8], image[:, :8, :8])
   with pytest.raises(ValueError, match="max_shift <= border"):
-    metrics.shifted_metrics(image, image, border=2, max_shift=3)
+    shifted_metrics(image, image, border=2, max_shift=3)
   with pytest.raises(ValueError, match="after cropping"):
-    metrics.shifted_metrics(image, image)
+    shifted_metrics(image, image)
 
 
 # -- the shifted protocol ------------------------------------------------------------------------
@@ -233,7 +236,7 @@ def test_shifted_metrics_match_brute_force_reference():
   rng = np.random.default_rng(5)
   target = _smooth(rng, SHAPE) * 0.5 + _textured(rng, SHAPE) * 0.5
   pred = _noisy(rng, np.roll(target, (1, -2), axis=(1, 2)), 0.05)
-  got = metrics.shifted_metrics(*_f32(pred, target))
+  got = shifted_metrics(*_f32(pred, target))
   assert set(got) == SHIFTED_KEYS
   for i in range(2):
     want = _shifted_reference(pred[i], target[i], border=5, max_shift=3)
@@ -246,7 +249,7 @@ def test_shifted_metrics_recover_a_known_displacement():
   target = _textured(rng, SHAPE).astype(np.float32)
   pred = np.roll(target, (2, -3), axis=(1, 2))  # prediction pixel (i + 2, j - 3) shows (i, j)
   plain = _numpy(metrics.standard_metrics(pred, target))
-  got = _numpy(metrics.shifted_metrics(pred, target))
+  got = _numpy(shifted_metrics(pred, target))
   np.testing.assert_array_equal(got["psnr"], np.inf)
   np.testing.assert_array_equal(got["rmse"], 0.0)
   np.testing.assert_array_equal(got["dd"], 0.0)
@@ -255,7 +258,7 @@ def test_shifted_metrics_recover_a_known_displacement():
   np.testing.assert_allclose(got["sam"], 0.0, atol=1e-3)
   assert (plain["ssim"] < 0.2).all() and (plain["rmse"] > 0.2).all()
   # Three pixels is the limit: a 4-pixel displacement is not undone.
-  far = metrics.shifted_metrics(np.roll(target, 4, axis=1), target)
+  far = shifted_metrics(np.roll(target, 4, axis=1), target)
   assert (np.asarray(far["ssim"]) < 0.2).all()
 
 
@@ -268,7 +271,7 @@ def test_uqi_follows_wang_bovik_on_flat_and_textured_windows():
   target[0, :10, :10], pred[0, :10, :10] = 0.5, 0.5
   target[0, :10, 14:], pred[0, :10, 14:] = 0.25, 0.75
   target[0, 14:, :10], pred[0, 14:, :10] = 0.0, 0.0
-  got = metrics.shifted_metrics(*_f32(pred, target), border=0, max_shift=0)
+  got = shifted_metrics(*_f32(pred, target), border=0, max_shift=0)
   assert got["uqi"][0] == pytest.approx(_uqi_reference(pred[0], target[0]), abs=1e-4)
 
 
@@ -284,7 +287,7 @@ def test_similarity_keeps_float64_accuracy_on_low_variance_windows(scene: str):
     target = 0.3 + 0.5 * _textured(rng, (1, 24, 24, 3))
     target[:, :, :12] = 0.03 + 0.01 * rng.standard_normal((1, 24, 12, 3))
     pred = target + 0.003 * rng.standard_normal(target.shape)
-  got = metrics.shifted_metrics(*_f32(pred, target), border=0, max_shift=0)
+  got = shifted_metrics(*_f32(pred, target), border=0, max_shift=0)
   assert got["uqi"][0] == pytest.approx(_uqi_reference(pred[0], target[0]), abs=1e-4)
   assert got["ssim"][0] == pytest.approx(
       structural_similarity(target[0], pred[0], **SSIM_KW), abs=1e-5)
@@ -295,7 +298,7 @@ def test_cc_leaves_out_constant_bands():
   target = _textured(rng, (1, 24, 24, 3)).astype(np.float32)
   pred = target.copy()
   pred[..., 2] = 0.5  # no correlation exists for this band; the other two correlate perfectly
-  got = metrics.shifted_metrics(pred, target, border=0, max_shift=0)
+  got = shifted_metrics(pred, target, border=0, max_shift=0)
   assert got["cc"][0] == pytest.approx(1.0, abs=1e-5)
 
 
@@ -305,7 +308,7 @@ def test_batches_equal_per_sample_results_under_jit():
   pred = _noisy(rng, target, 0.1).astype(np.float32)
   mask = rng.random((3, 16, 16, 1)) > 0.5
   standard = jax.jit(metrics.standard_metrics)
-  shifted = jax.jit(lambda p, t: metrics.shifted_metrics(p, t, border=2, max_shift=1))
+  shifted = jax.jit(lambda p, t: shifted_metrics(p, t, border=2, max_shift=1))
   batch_standard = _numpy(standard(pred, target, mask))
   batch_shifted = _numpy(shifted(pred, target))
   for i in range(3):
@@ -323,7 +326,7 @@ def test_frechet_distance_of_diagonal_gaussians_has_closed_form():
   mu1, mu2 = np.array([0.0, 1.0, 2.0]), np.array([1.0, 1.0, 0.0])
   var1, var2 = np.array([1.0, 4.0, 0.0]), np.array([9.0, 1.0, 2.0])
   want = ((mu1 - mu2)**2).sum() + ((np.sqrt(var1) - np.sqrt(var2))**2).sum()
-  assert metrics.frechet_distance(mu1, np.diag(var1), mu2, np.diag(var2)) == pytest.approx(want)
+  assert frechet_distance(mu1, np.diag(var1), mu2, np.diag(var2)) == pytest.approx(want)
 
 
 def test_frechet_distance_matches_sqrtm_formula():
@@ -333,39 +336,39 @@ def test_frechet_distance_matches_sqrtm_formula():
   mu1, mu2 = rng.standard_normal((2, 6))
   covmean = scipy.linalg.sqrtm(sigma1 @ sigma2).real
   want = ((mu1 - mu2)**2).sum() + np.trace(sigma1 + sigma2 - 2 * covmean)
-  assert metrics.frechet_distance(mu1, sigma1, mu2, sigma2) == pytest.approx(want, rel=1e-8)
-  assert metrics.frechet_distance(mu1, sigma1, mu1, sigma1) == pytest.approx(0.0, abs=1e-9)
+  assert frechet_distance(mu1, sigma1, mu2, sigma2) == pytest.approx(want, rel=1e-8)
+  assert frechet_distance(mu1, sigma1, mu1, sigma1) == pytest.approx(0.0, abs=1e-9)
 
 
 def test_fid_from_features_needs_two_samples_per_set():
   rng = np.random.default_rng(11)
   features = rng.standard_normal((50, 4))
   shifted = features + np.array([3.0, 0.0, 0.0, 0.0])
-  assert metrics.fid_from_features(features, shifted) == pytest.approx(9.0, rel=1e-9)
+  assert fid_from_features(features, shifted) == pytest.approx(9.0, rel=1e-9)
   with pytest.raises(ValueError, match="at least 2"):
-    metrics.fid_from_features(features[:1], features)
+    fid_from_features(features[:1], features)
 
 
 def test_fid_from_features_with_fewer_samples_than_dimensions_matches_the_statistics():
   rng = np.random.default_rng(12)
   pred, target = rng.standard_normal((5, 8)), 2.0 * rng.standard_normal((4, 8)) + 0.5
-  want = metrics.frechet_distance(*metrics.feature_statistics(pred),
-                                  *metrics.feature_statistics(target))
-  assert metrics.fid_from_features(pred, target) == pytest.approx(want, rel=1e-6)
-  assert metrics.fid_from_features(pred, pred) == pytest.approx(0.0, abs=1e-12)
+  want = frechet_distance(*feature_statistics(pred),
+                                  *feature_statistics(target))
+  assert fid_from_features(pred, target) == pytest.approx(want, rel=1e-6)
+  assert fid_from_features(pred, pred) == pytest.approx(0.0, abs=1e-12)
 
 
 def test_fid_refuses_single_images_and_missing_weights(tmp_path):
   images = np.zeros((2, 8, 8, 3), np.float32)
   with pytest.raises(ValueError, match="at least 2 images"):
-    metrics.fid(images[:1], images, "weights.npz")
+    fid(images[:1], images, "weights.npz")
   with pytest.raises(InputError) as missing_option:
-    metrics.fid(images, images, None)
+    fid(images, images, None)
   assert missing_option.value.path == "--fid_weights"
   with pytest.raises(InputError) as missing_file:
-    metrics.fid(images, images, tmp_path / "absent.npz")
+    fid(images, images, tmp_path / "absent.npz")
   assert missing_file.value.path == str(tmp_path / "absent.npz")
   weights = tmp_path / "inception.npz"
   weights.write_bytes(b"\0")
   with pytest.raises(InputError, match="not an .npz"):
-    metrics.fid(images, images, weights)
+    fid(images, images, weights)

@@ -13,9 +13,10 @@ from configs.plfm import data_config
 from plfm_jax.data.normalize import QA60_CLOUD_BITS, s1_db_to_unit
 from plfm_jax.data.pipeline import BATCH_KEYS, make_iterator, sample_rng, transform_record
 from plfm_jax.data.synthetic import write_synthetic_dataset
-from plfm_jax.data.tfds_data import data_source, ensure_built
+from plfm_jax.data.tfds_data import data_source
 from plfm_jax.errors import InputError
 from tests.test_masks_detect import _far_from
+from tfds_builders.plfm_series.build import ensure_built
 
 STORED = 40
 CROP = 32

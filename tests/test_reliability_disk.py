@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from plfm_jax.data.synthetic import synthesize_zone, write_synthetic_dataset
-from plfm_jax.data.tfds_data import ensure_built, is_built
+from plfm_jax.data.tfds_data import is_built
 from plfm_jax.diskspace import check_free_space, format_size
 from plfm_jax.errors import InputError
 from plfm_jax.inference import scene
+from tfds_builders.plfm_series.build import ensure_built
 
 from test_inference_scene import TILE, identity, write_scene
 

@@ -21,6 +21,7 @@ import pytest
 
 from plfm_jax.data.synthetic import write_synthetic_dataset
 from plfm_jax.data import tfds_data
+from tfds_builders.plfm_series.build import ensure_built
 
 # tfds_dir is a fixture: the tiny synthetic dataset of test_trainer.py, built once here too.
 from test_trainer import REPO, SIZE, STEPS, final_state, run, saved_steps, train_command
@@ -156,5 +157,5 @@ def test_bad_raw_data_stops_train_py_with_one_line_or_is_skipped(tmp_path):
   out = run(command + ["--config.train.stages=()"], env={"PLFM_SKIP_INVALID": "1"})
   assert out.returncode == 0, out.stderr[-3000:]
   assert f"plfm_series: skipped: {bad}: not a readable TIFF (" in out.stderr
-  assert tfds_data.ensure_built(tmp_path / "tfds").info.splits[
+  assert ensure_built(tmp_path / "tfds").info.splits[
       "train"].num_examples == 1

@@ -16,8 +16,10 @@ import tifffile
 from plfm_jax.data.layout import MONTHS, scan_dataset
 from plfm_jax.data.readers import read_series
 from plfm_jax.data.synthetic import write_synthetic_dataset
-from plfm_jax.data.tfds_data import data_source, ensure_built, patch_size
+from plfm_jax.data.tfds_data import data_source, patch_size
 from plfm_jax.errors import InputError
+from tfds_builders.plfm_series import Builder
+from tfds_builders.plfm_series.build import ensure_built
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SPLIT_SIZES = {"training": 16, "validation": 4, "test": 4}
@@ -43,7 +45,8 @@ class HideTensorFlow:
 sys.meta_path = [HideTensorFlow() if f is PathFinder else f for f in sys.meta_path]
 from configs.plfm import data_config
 from plfm_jax.data.pipeline import make_iterator
-from plfm_jax.data.tfds_data import data_source, ensure_built
+from plfm_jax.data.tfds_data import data_source
+from tfds_builders.plfm_series.build import ensure_built
 
 data_dir, manual_dir, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
 builder = ensure_built(data_dir, manual_dir=manual_dir)
@@ -153,7 +156,7 @@ def test_flat_layout_and_custom_size(tmp_path):
     np.testing.assert_array_equal(clone[2][key], source[2][key])
 
 
-def test_invalid_series_stop_the_build_or_are_skipped(tmp_path, caplog, monkeypatch):
+def test_invalid_series_stop_the_build_or_are_skipped(tmp_path, caplog):
   raw = write_synthetic_dataset(tmp_path / "raw", image_size=16, patches_per_zone=4,
                                 series_per_split={"training": 4, "validation": 1})
   bad = [sorted((raw / split / "sen2").rglob("image_RGB_*.tif"))[0]
@@ -164,14 +167,22 @@ def test_invalid_series_stop_the_build_or_are_skipped(tmp_path, caplog, monkeypa
     ensure_built(tmp_path / "strict", manual_dir=raw)
   assert error.value.path == str(bad[0])
 
-  # PLFM_SKIP_INVALID drops the series using a bad file, and the validation split that had only
-  # one.
-  monkeypatch.setenv("PLFM_SKIP_INVALID", "1")
+  # Skipping drops the series using a bad file, and the validation split that had only one.
   with caplog.at_level(logging.WARNING):
-    builder = ensure_built(tmp_path / "skip", manual_dir=raw)
+    builder = ensure_built(tmp_path / "skip", manual_dir=raw, skip_invalid=True)
   assert {k: v.num_examples for k, v in builder.info.splits.items()} == {"train": 3}
   messages = "\n".join(r.getMessage() for r in caplog.records)
   assert all(str(path) in messages for path in bad) and "split validation" in messages
+
+
+def test_skip_invalid_comes_from_the_environment_only_where_tfds_makes_the_builder(
+    tmp_path, monkeypatch):
+  monkeypatch.setenv("PLFM_SKIP_INVALID", "1")
+  assert Builder(data_dir=tmp_path).skip_invalid
+  assert not Builder(data_dir=tmp_path, skip_invalid=False).skip_invalid
+  monkeypatch.setenv("PLFM_SKIP_INVALID", "maybe")
+  with pytest.raises(InputError, match="must be 1 or 0, got 'maybe'"):
+    Builder(data_dir=tmp_path)
 
 
 def test_patches_of_another_size_or_not_square_are_input_errors(tmp_path):

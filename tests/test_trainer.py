@@ -16,8 +16,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from plfm_jax.data import synthetic
-from plfm_jax.data import tfds_data
 from tests.tiny import tiny_flags
+from tfds_builders.plfm_series.build import ensure_built
 
 # Every test runs train.py in subprocesses (killed and resumed): `make test-fast` leaves them out.
 pytestmark = pytest.mark.slow
@@ -38,7 +38,7 @@ def tfds_dir(tmp_path_factory) -> pathlib.Path:
   root = tmp_path_factory.mktemp("trainer_data")
   raw = synthetic.write_synthetic_dataset(
       root / "raw", series_per_split={"training": 6, "validation": 2}, image_size=SIZE)
-  tfds_data.ensure_built(root / "tfds", manual_dir=raw)
+  ensure_built(root / "tfds", manual_dir=raw)
   return root / "tfds"
 
 

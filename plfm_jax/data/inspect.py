@@ -16,7 +16,7 @@ from absl import app
 from absl import flags
 
 from plfm_jax.data.layout import Scan, scan_dataset, skip_invalid_requested
-from plfm_jax.data.readers import patch_size, validate_scan
+from plfm_jax.data.readers import raw_patch_size, validate_scan
 
 FLAGS = flags.FLAGS
 
@@ -41,20 +41,23 @@ def format_report(scan: Scan, validated_size: int | None) -> str:
   return "\n".join(lines)
 
 
-def inspect(root: str | os.PathLike, *, validate: bool = True) -> str:
-  """Scans (and validates, unless `validate` is False) the dataset at `root`: the report."""
-  skip_invalid = skip_invalid_requested()
+def inspect(root: str | os.PathLike, *, validate: bool = True, skip_invalid: bool = False) -> str:
+  """Scans (and validates, unless `validate` is False) the dataset at `root`: the report.
+
+  `skip_invalid` lists every problem and leaves out the series they affect, instead of stopping
+  at the first.
+  """
   scan = scan_dataset(root, skip_invalid=skip_invalid)
   if not validate:
     return format_report(scan, None)
-  size = patch_size(scan)
+  size = raw_patch_size(scan)
   return format_report(validate_scan(scan, size, skip_invalid=skip_invalid), size)
 
 
 def main(argv: list[str]) -> None:
   if len(argv) != 2:
     raise app.UsageError("give one dataset root: python -m plfm_jax.data.inspect ROOT")
-  print(inspect(argv[1], validate=FLAGS.validate))
+  print(inspect(argv[1], validate=FLAGS.validate, skip_invalid=skip_invalid_requested()))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from plfm_jax.errors import InputError
 SERIES_LENGTH = 4
 # The one switch that makes every reader of a raw dataset (`tfds build`, train.py, evaluate.py,
 # inspect) leave out series with invalid files, logging each, instead of stopping at the first.
+# Only those entry points read it; the functions they call take `skip_invalid`.
 SKIP_INVALID_ENV = "PLFM_SKIP_INVALID"
 
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")

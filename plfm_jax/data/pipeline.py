@@ -186,7 +186,7 @@ def make_iterator(data_config: Mapping[str, Any], *, split: str, global_batch_si
 
   Args:
     data_config: the `data` section of configs/plfm.py; the dataset must be built already
-      (`plfm_jax.data.tfds_data.ensure_built`).
+      (`tfds_builders.plfm_series.build.ensure_built`).
     split: TFDS split, e.g. "train", "validation" or "train[:90%]".
     global_batch_size: batch size over all processes; each gets global_batch_size // shard_count.
     train: shuffle, random crops, flips and drop the last incomplete batch; otherwise read in

@@ -102,7 +102,7 @@ def read_s1(path: str | os.PathLike, image_size: int | None = None) -> np.ndarra
   return image
 
 
-def patch_size(scan: Scan) -> int:
+def raw_patch_size(scan: Scan) -> int:
   """The side of the dataset's square patches: that of its first readable RGB image.
 
   Every reader then checks each file against it. With no readable RGB image, raises the first

@@ -1,7 +1,10 @@
-"""Builds and opens the `plfm_series` TFDS dataset from Python, without TensorFlow.
+"""Opens the built `plfm_series` TFDS dataset from Python, without TensorFlow or the builder.
 
 The dataset is written as array_record files (the only format TFDS writes and reads without
-TensorFlow) and read back through `tfds.data_source`, a random-access source for grain.
+TensorFlow) by its builder (`tfds_builders/plfm_series`, which reads the raw data with this
+package) and read back here from its files alone, through TFDS's read-only builder and
+`as_data_source`, a random-access source for grain: reading needs no builder code, so this
+package never imports the builder.
 """
 
 from __future__ import annotations
@@ -13,63 +16,42 @@ from typing import Any, Sequence
 import tensorflow_datasets as tfds
 
 from plfm_jax.errors import InputError
-from tfds_builders.plfm_series import Builder
 
+NAME = "plfm_series"
+# The version the builder writes and the only one read here (another version's files are not).
+VERSION = "2.0.0"
 FILE_FORMAT = "array_record"
+_LABEL = f"{NAME} {VERSION}"
 
 
-def _builder(data_dir: str | os.PathLike | None) -> Builder:
-  # An empty data_dir (the config default) means TFDS's own default: $TFDS_DATA_DIR or
-  # ~/tensorflow_datasets.
-  return Builder(data_dir=os.fspath(data_dir) if data_dir else None)
+def dataset_dir(data_dir: str | os.PathLike | None) -> pathlib.Path:
+  """Where TFDS keeps `plfm_series` of this version in `data_dir`.
 
-
-def _name(builder: Builder) -> str:
-  return f"{builder.name} {builder.version}"
+  An empty data_dir (the config default) means TFDS's own default: $TFDS_DATA_DIR or
+  ~/tensorflow_datasets.
+  """
+  root = data_dir or tfds.core.constants.get_default_data_dir()
+  return pathlib.Path(root).expanduser() / NAME / VERSION
 
 
 def is_built(data_dir: str | os.PathLike | None) -> bool:
   """Whether `plfm_series` is already built in `data_dir`."""
-  return _builder(data_dir).is_prepared()
+  # TFDS writes the dataset's info last, after renaming the finished files into place.
+  return (dataset_dir(data_dir) / "dataset_info.json").is_file()
+
+
+def _built(data_dir: str | os.PathLike | None) -> tfds.core.DatasetBuilder:
+  """TFDS's read-only builder of the dataset built in `data_dir`."""
+  if not is_built(data_dir):
+    raise InputError(dataset_dir(data_dir), f"dataset {_LABEL} is not built here; build it "
+                     "with tfds_builders.plfm_series.build.ensure_built or `tfds build "
+                     "tfds_builders/plfm_series --file_format=array_record`")
+  return tfds.builder_from_directory(dataset_dir(data_dir))
 
 
 def patch_size(data_dir: str | os.PathLike | None) -> int:
   """The side in pixels of the square patches of the dataset built in `data_dir`."""
-  return int(_builder(data_dir).info.metadata["patch_size"])
-
-
-def ensure_built(data_dir: str | os.PathLike | None, *,
-                 manual_dir: str | os.PathLike | None = None) -> Builder:
-  """Returns the `plfm_series` builder, built from `manual_dir` first if needed.
-
-  Run it in one process only (e.g. before launching a multi-host job): concurrent builds of the
-  same data_dir race. An existing build is reused as is, whatever `manual_dir` holds. The patch
-  size comes from the data (`patch_size`); PLFM_SKIP_INVALID=1 leaves out series with invalid
-  files (each is logged) instead of stopping at the first.
-
-  Args:
-    data_dir: TFDS data directory holding or receiving the dataset (empty: the TFDS default).
-    manual_dir: raw dataset in the authors' layout (split folders training/, validation/, test/
-      with sen1/ and sen2/, or sen1/ and sen2/ directly for a single train split).
-
-  Raises:
-    InputError: the dataset is not built and `manual_dir` is not given, does not exist, is empty
-      or holds invalid data.
-  """
-  builder = _builder(data_dir)
-  if builder.is_prepared():
-    return builder
-  if not manual_dir:
-    raise InputError(builder.data_dir, f"dataset {_name(builder)} is not built here and no raw "
-                     "dataset (manual_dir) was given to build it from")
-  manual_dir = pathlib.Path(manual_dir).expanduser()
-  # TFDS itself would stop with an AssertionError and a page of instructions.
-  if not manual_dir.is_dir() or not any(manual_dir.iterdir()):
-    raise InputError(manual_dir, "raw dataset folder does not exist or is empty")
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir)),
-      file_format=FILE_FORMAT)
-  return builder
+  return int(_built(data_dir).info.metadata["patch_size"])
 
 
 def data_source(data_dir: str | os.PathLike | None, split: str) -> Sequence[dict[str, Any]]:
@@ -82,24 +64,19 @@ def data_source(data_dir: str | os.PathLike | None, split: str) -> Sequence[dict
     InputError: the dataset is not built in `data_dir`, was built in another file format,
       lacks `split`, or `split` selects no records.
   """
-  builder = _builder(data_dir)
-  if not builder.is_prepared():
-    raise InputError(builder.data_dir, f"dataset {_name(builder)} is not built here; build it "
-                     "with plfm_jax.data.tfds_data.ensure_built or `tfds build "
-                     "tfds_builders/plfm_series --file_format=array_record`")
+  builder = _built(data_dir)
+  where = dataset_dir(data_dir)
   # Datasets that record no format were written by TFDS's default, tfrecord.
   formats = {f.value for f in builder.info.available_file_formats()} or {"tfrecord"}
   if FILE_FORMAT not in formats:
-    raise InputError(builder.data_dir, f"dataset {_name(builder)} was built as "
-                     f"{', '.join(formats)}; rebuild it with --file_format={FILE_FORMAT} "
-                     "(readable without TensorFlow)")
+    raise InputError(where, f"dataset {_LABEL} was built as {', '.join(formats)}; rebuild it "
+                     f"with --file_format={FILE_FORMAT} (readable without TensorFlow)")
   try:
     records = builder.info.splits[split].num_examples
   except (KeyError, ValueError) as e:
-    raise InputError(builder.data_dir, f"dataset {_name(builder)} has no split {split!r} "
+    raise InputError(where, f"dataset {_LABEL} has no split {split!r} "
                      f"(it has: {', '.join(builder.info.splits)})") from e
   # TFDS would fail deep in array_record with "Paths sequence can not be of 0 length".
   if not records:
-    raise InputError(builder.data_dir, f"split {split!r} of dataset {_name(builder)} selects "
-                     "no records")
+    raise InputError(where, f"split {split!r} of dataset {_LABEL} selects no records")
   return builder.as_data_source(split=split, file_format=FILE_FORMAT)

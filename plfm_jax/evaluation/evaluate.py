@@ -36,20 +36,23 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from plfm_jax import metrics
 from plfm_jax import sharding
 from plfm_jax import visualize
 from plfm_jax import weights as weights_lib
 from plfm_jax import workdir as workdir_lib
 from plfm_jax.data import pipeline
 from plfm_jax.data import tfds_data
-from plfm_jax.data.prepare import prepare_dataset
 from plfm_jax.data.layout import MONTHS
 from plfm_jax.data.normalize import REFLECTANCE_SCALE
 from plfm_jax.errors import InputError
 from plfm_jax.evaluation import baselines
+from plfm_jax.evaluation import fid
+from plfm_jax.evaluation import inception
+from plfm_jax.evaluation import metrics
 from plfm_jax.evaluation import report
+from plfm_jax.evaluation.shifted import shifted_metrics
 from plfm_jax.models.plfm import INFERENCE_COMPONENTS, PLFM
+from plfm_jax.prepare import prepare_dataset
 
 # The reference's shifted protocol (docs/reference_model.md).
 SHIFTED_PROTOCOL = {"border": 5, "max_shift": 3}
@@ -103,7 +106,7 @@ def _scores(images: Mapping[str, jax.Array], target: jax.Array,
   flat = stacked.reshape(b * m, *stacked.shape[2:])
   target = jnp.repeat(target, m, axis=0)
   scores = metrics.standard_metrics(flat, target, jnp.repeat(truth_mask, m, axis=0))
-  shifted = metrics.shifted_metrics(flat, target, **SHIFTED_PROTOCOL)
+  shifted = shifted_metrics(flat, target, **SHIFTED_PROTOCOL)
   scores.update({f"shifted_{k}": v for k, v in shifted.items()})
   return {k: v.reshape(b, m) for k, v in scores.items()}
 
@@ -182,11 +185,11 @@ def _panel_columns(batch: Mapping[str, np.ndarray],
 DEFAULT_SCENARIOS = ("detected", "exact", "qa60", "history_clouded")
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
-             split: str = "test", scenarios: tuple[str, ...] = DEFAULT_SCENARIOS,
-             fid_weights: str | pathlib.Path | None = None, num_panels: int = 8,
-             overwrite: bool = False,
-             weights: weights_lib.Weights | None = None) -> dict[str, Any]:
+def run_evaluation(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
+                   split: str = "test", scenarios: tuple[str, ...] = DEFAULT_SCENARIOS,
+                   fid_weights: str | pathlib.Path | None = None, num_panels: int = 8,
+                   overwrite: bool = False,
+                   weights: weights_lib.Weights | None = None) -> dict[str, Any]:
   """Evaluates the workdir's best PLFM (or `weights`) and the baselines on `split`; writes
   `output_dir`.
 
@@ -222,16 +225,14 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
   if unknown or not scenarios:
     raise InputError(",".join(scenarios) or "--scenarios",
                      f"scenarios must be some of {', '.join(pipeline.SCENARIOS)}")
-  if fid_weights is not None:
-    # Refuses unusable weights before the evaluation rather than after it; the FID below then
-    # takes them from metrics' cache.
-    metrics.load_fid_weights(fid_weights)
+  # Loaded first: unusable weights are refused before the evaluation rather than after it.
+  inception_params = None if fid_weights is None else fid.load_fid_weights(fid_weights)
   run = _prepare(config, workdir, split, weights)
   per_scenario = {}
   for scenario in scenarios:
     per_scenario[scenario] = _evaluate_scenario(
         run, scenario, num_panels, keep_images=fid_weights is not None and not per_scenario)
-  summary = _summary(run, per_scenario, fid_weights, started)
+  summary = _summary(run, per_scenario, fid_weights, inception_params, started)
   if jax.process_index() == 0:
     names = [_sample_name(run.source[i]) for i in range(run.num_samples)]
     _write_outputs(out, summary,
@@ -305,19 +306,21 @@ def _evaluate_scenario(run: _Run, scenario: str, num_panels: int, *,
   return results
 
 
-def _fid(results: _Results, fid_weights: str | pathlib.Path | None, scenario: str) -> dict:
+def _fid(results: _Results, fid_weights: str | pathlib.Path | None,
+         inception_params: inception.Params | None, scenario: str) -> dict:
   if fid_weights is None:
     return {"computed": False, "reason": "no --fid_weights given"}
   # The ground truth's features once, not once per method: the network is the costly part.
-  truth = metrics.fid_features(results.all_images("ground_truth"), fid_weights)
+  truth = fid.fid_features(results.all_images("ground_truth"), inception_params)
   return {"computed": True, "inception_weights": str(fid_weights), "scenario": scenario,
-          "values": {m: metrics.fid_from_features(
-              metrics.fid_features(results.all_images(m), fid_weights), truth)
+          "values": {m: fid.fid_from_features(
+              fid.fid_features(results.all_images(m), inception_params), truth)
                      for m in baselines.METHODS}}
 
 
 def _summary(run: _Run, per_scenario: Mapping[str, _Results],
-             fid_weights: str | pathlib.Path | None, started: float) -> dict[str, Any]:
+             fid_weights: str | pathlib.Path | None, inception_params: inception.Params | None,
+             started: float) -> dict[str, Any]:
   config = run.config
   clouds = config.data.clouds
   loop_seconds = sum(r.seconds for r in per_scenario.values())
@@ -351,7 +354,8 @@ def _summary(run: _Run, per_scenario: Mapping[str, _Results],
       "shifted_protocol": SHIFTED_PROTOCOL,
       # Mean weight the calibrated temporal correction got (1: applied whole, 0: turned off).
       "temporal_calibration": facts("temporal_calibration"),
-      "fid": _fid(next(iter(per_scenario.values())), fid_weights, next(iter(per_scenario))),
+      "fid": _fid(next(iter(per_scenario.values())), fid_weights, inception_params,
+                  next(iter(per_scenario))),
       "timing": {"total_seconds": time.perf_counter() - started,
                  "evaluation_loop_seconds": loop_seconds,
                  "samples_per_second": (run.num_samples * len(per_scenario)

@@ -77,20 +77,15 @@ class TileGrid:
   def __len__(self) -> int:
     return len(self.row_starts) * len(self.col_starts)
 
-  def windows(self) -> Iterator[tuple[int, int]]:
-    """(top, left) of every window in row-major order, the order `blend` expects."""
-    for top in self.row_starts:
-      for left in self.col_starts:
-        yield int(top), int(left)
-
 
 def blend(grid: TileGrid, tiles: Iterable[np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
   """Blends per-window predictions into scene rows.
 
   Args:
     grid: the windows.
-    tiles: one (tile, tile, C) array per window of `grid.windows()`, in that order. Parts of a
-      window beyond the scene (a scene smaller than a window) are ignored.
+    tiles: one (tile, tile, C) array per window, in row-major order (every `grid.col_starts`
+      of the first of `grid.row_starts`, then of the next). Parts of a window beyond the scene
+      (a scene smaller than a window) are ignored.
 
   Yields:
     (first_row, rows): float32 (n, width, C) blocks of finished output rows, top to bottom,

@@ -239,8 +239,8 @@ class PLFM:
     return {name: init_module(getattr(self, name), key, *inputs[name])
             for key, name in zip(keys, COMPONENTS)}
 
-  def run(self, name: str, variables: Variables, *inputs: jax.Array,
-          train: bool) -> tuple[jax.Array, Variables]:
+  def apply_component(self, name: str, variables: Variables, *inputs: jax.Array,
+                      train: bool) -> tuple[jax.Array, Variables]:
     """Applies component `name`; in training mode (batch statistics) also returns its updated
     BatchNorm averages, else `variables` as they are."""
     module = getattr(self, name)
@@ -293,14 +293,15 @@ class PLFM:
   def sar_branch(self, variables: Variables, sar: jax.Array, *,
                  train: bool = False) -> tuple[jax.Array, Variables]:
     """The generator's optical image of the SAR input, in [0, 1], and its variables."""
-    out, variables = self.run("generator", variables, self.sar_generator_input(sar), train=train)
+    out, variables = self.apply_component("generator", variables, self.sar_generator_input(sar),
+                                          train=train)
     return to_unit(out), variables
 
   def discriminate(self, variables: Variables, image: jax.Array, sar: jax.Array, *,
                    train: bool = False) -> tuple[jax.Array, Variables]:
     """PatchGAN logits of an optical `image` in [0, 1] conditioned on the VV image `sar`."""
-    return self.run("discriminator", variables, to_signed(image), self.sar_generator_input(sar),
-                    train=train)
+    return self.apply_component("discriminator", variables, to_signed(image),
+                                self.sar_generator_input(sar), train=train)
 
   def head_input(self, temporal: jax.Array, sar_branch: jax.Array, batch: Batch,
                  scale: OpticalScale) -> jax.Array:
@@ -356,8 +357,8 @@ class PLFM:
     out = {}
     scale = self.optical_scale(batch)
     if "temporal" in v:
-      image, v["temporal"] = self.run("temporal", v["temporal"], self.temporal_input(batch, scale),
-                                      train="temporal" in train)
+      image, v["temporal"] = self.apply_component(
+          "temporal", v["temporal"], self.temporal_input(batch, scale), train="temporal" in train)
       prior = self.prior(batch)
       if prior is not None:
         out["prior"] = prior
@@ -378,7 +379,7 @@ class PLFM:
                                                           train="generator" in train)
     if "head" in v:
       head_in = self.head_input(out["temporal"], out["sar_branch"], batch, scale)
-      head_out, v["head"] = self.run("head", v["head"], head_in, train="head" in train)
+      head_out, v["head"] = self.apply_component("head", v["head"], head_in, train="head" in train)
       out["fused"] = self.fuse(head_out, out["temporal"], batch["cloudy"], scale)
       if self.keep_clear_pixels:
         out["fused"] = composite(out["fused"], batch["cloudy"], batch["cloud_mask"])

@@ -28,9 +28,9 @@ from plfm_jax import workdir as workdir_lib
 from plfm_jax.checkpoints import StageCheckpoints, abstract_like
 from plfm_jax.data import pipeline
 from plfm_jax.data.layout import SERIES_LENGTH
-from plfm_jax.data.prepare import prepare_dataset
 from plfm_jax.errors import InputError, TrainingDiverged
 from plfm_jax.models.plfm import PLFM
+from plfm_jax.prepare import prepare_dataset
 from plfm_jax.train import logs
 from plfm_jax.train import steps
 

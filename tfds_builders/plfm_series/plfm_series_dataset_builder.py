@@ -5,14 +5,17 @@ Built from the authors' dataset layout in `manual_dir` (see MANUAL_DOWNLOAD_INST
     tfds build tfds_builders/plfm_series --manual_dir=RAW --data_dir=TFDS \\
         --file_format=array_record
 
-or from Python, without TensorFlow (see `plfm_jax.data.tfds_data.ensure_built`). Records follow
-docs/architecture.md: s2 (4, H, W, 3) uint16, s1 (4, H, W, 1) float32 dB, cm (4, H, W) uint16,
-zone, patch, months (4,) int32 1..12. The patch size H = W comes from the data (every file must
-have the size of the first RGB image) and is recorded in the dataset's metadata, `patch_size`.
+or from Python, without TensorFlow (`tfds_builders.plfm_series.build.ensure_built`), and read
+by `plfm_jax.data.tfds_data` from the files alone (the name and version come from there, so that
+both agree). Records follow docs/architecture.md: s2 (4, H, W, 3) uint16, s1 (4, H, W, 1)
+float32 dB, cm (4, H, W) uint16, zone, patch, months (4,) int32 1..12. The patch size H = W
+comes from the data (every file must have the size of the first RGB image) and is recorded in
+the dataset's metadata, `patch_size`.
 
-Series with unreadable or invalid files stop the build unless PLFM_SKIP_INVALID=1; every file or
-folder that made series be skipped is then logged with its problem. Under the `tfds build`
-command line, a bad input ends the command with its one-line error and exit code 2.
+Series with unreadable or invalid files stop the build unless the builder is made with
+`skip_invalid=True` (under `tfds build`, which makes the builder itself: PLFM_SKIP_INVALID=1);
+every file or folder that made series be skipped is then logged with its problem. Under the
+`tfds build` command line, a bad input ends the command with its one-line error and exit code 2.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ import tensorflow_datasets as tfds
 
 from plfm_jax.data.layout import MONTHS, SERIES_LENGTH, Series, scan_dataset, \
     skip_invalid_requested
-from plfm_jax.data.readers import patch_size, read_series, validate_scan
+from plfm_jax.data import tfds_data
+from plfm_jax.data.readers import raw_patch_size, read_series, validate_scan
 from plfm_jax.diskspace import check_free_space
 from plfm_jax.errors import InputError
 
@@ -35,15 +39,13 @@ from plfm_jax.errors import InputError
 _TFDS_CLI_MODULE = "tensorflow_datasets.scripts.cli.build"
 
 _log = logging.getLogger(__name__)
-# What was skipped must reach the user even where library logs are silenced (train.py sets the
-# root logger to ERROR unless --debug).
-_log.setLevel(logging.WARNING)
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
   """PLFM Sentinel-1/Sentinel-2 series from the authors' layout (manual download)."""
 
-  VERSION = tfds.core.Version("2.0.0")
+  name = tfds_data.NAME
+  VERSION = tfds.core.Version(tfds_data.VERSION)
   RELEASE_NOTES = {
       "1.0.0": "Initial release: s2, s1, cm, zone, patch, months per 4-date series.",
       "2.0.0": "One dataset for every patch size (taken from the files, metadata `patch_size`) "
@@ -62,6 +64,15 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   Only the split folders present are built. A `manual_dir` holding `sen1/` and `sen2/` directly
   gives a single `train` split. Set PLFM_SKIP_INVALID=1 to leave out series with invalid files.
   """
+
+  def __init__(self, *, skip_invalid: bool | None = None, **kwargs):
+    """`skip_invalid`: leave out series with invalid files instead of stopping at the first.
+
+    None reads PLFM_SKIP_INVALID: `tfds build` and `tfds.builder` make the builder themselves and
+    have no other way to say it. Other arguments are TFDS's (`data_dir`, `file_format`, ...).
+    """
+    super().__init__(**kwargs)
+    self.skip_invalid = skip_invalid_requested() if skip_invalid is None else skip_invalid
 
   def _info(self) -> tfds.core.DatasetInfo:
     frames = (SERIES_LENGTH, None, None)
@@ -92,13 +103,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       raise SystemExit(2) from None
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    skip_invalid = skip_invalid_requested()
-    scan = scan_dataset(dl_manager.manual_dir, skip_invalid=skip_invalid)
-    size = patch_size(scan)
+    scan = scan_dataset(dl_manager.manual_dir, skip_invalid=self.skip_invalid)
+    size = raw_patch_size(scan)
     self.info.metadata["patch_size"] = size
     _log.info("plfm_series: %d px patches", size)
     self._check_free_space(size, [len(series) for series in scan.splits.values()])
-    if skip_invalid:
+    if self.skip_invalid:
       # Checking every file up front (they are read again to write them) lets a split that loses
       # all its series be left out: TFDS cannot write an empty split.
       scan = validate_scan(scan, size, skip_invalid=True)

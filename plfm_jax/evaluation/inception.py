@@ -249,26 +249,6 @@ def file_shapes() -> dict[str, tuple[int, ...]]:
           for key, leaf in traverse_util.flatten_dict(abstract, sep=".").items()}
 
 
-def random_params(seed: int = 0) -> Params:
-  """Random parameters for tests: He-normal convolutions, BatchNorm near the identity.
-
-  Drawn with NumPy from `file_shapes`: compiling the module's own init takes half a minute on
-  a CPU. The He scale keeps activations near unit size through the 94 layers, so that the
-  features of different images differ.
-  """
-  rng = np.random.default_rng(seed)
-  flat = {}
-  for key, shape in file_shapes().items():
-    if _is_conv_weight(key):
-      array = rng.standard_normal(shape, np.float32) * np.sqrt(2.0 / np.prod(shape[1:]))
-    elif key.endswith((".bn.weight", ".bn.running_var")):
-      array = rng.uniform(0.5, 1.5, shape)
-    else:
-      array = rng.normal(0.0, 0.1, shape)
-    flat[key] = jnp.asarray(_from_file_layout(key, array), jnp.float32)
-  return traverse_util.unflatten_dict(flat, sep=".")
-
-
 def write_weights_file(path: str | os.PathLike, arrays: Mapping[str, Any]) -> None:
   """Writes arrays already named and laid out as the file wants them, as float32, at `path`."""
   # A file object, because np.savez appends ".npz" to a path that lacks it.
