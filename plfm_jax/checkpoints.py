@@ -22,7 +22,8 @@ class StageCheckpoints:
   """The `last` and `best` checkpoint managers of one stage."""
 
   def __init__(self, workdir: str | pathlib.Path, stage: str, *, keep: int = 3):
-    root = pathlib.Path(workdir).absolute() / "checkpoints" / stage
+    self.directory = pathlib.Path(workdir) / "checkpoints" / stage
+    root = self.directory.absolute()
     self.last = _manager(root / "last", max_to_keep=keep, name=f"{stage}_last")
     self.best = _manager(root / "best", max_to_keep=1, name=f"{stage}_best")
 
@@ -34,6 +35,10 @@ class StageCheckpoints:
     self.last.save(step, args=args, force=True)
     if best:
       self.best.save(step, args=args, force=True)
+
+  def latest_step(self) -> int | None:
+    """The step of the newest `last` checkpoint, or None."""
+    return self.last.latest_step()
 
   def latest(self, abstract_state: Any, *, best: bool = False) -> tuple[Any, dict, dict] | None:
     """(state, progress, config) of the newest `last` (or the `best`) checkpoint, or None."""

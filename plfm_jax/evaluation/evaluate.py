@@ -37,13 +37,13 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from plfm_jax import metrics
+from plfm_jax import run_setup
 from plfm_jax import sharding
 from plfm_jax import visualize
 from plfm_jax import weights as weights_lib
 from plfm_jax import workdir as workdir_lib
 from plfm_jax.data import pipeline
 from plfm_jax.data import tfds_data
-from plfm_jax.data.prepare import prepare_dataset
 from plfm_jax.data.layout import MONTHS
 from plfm_jax.data.normalize import REFLECTANCE_SCALE
 from plfm_jax.errors import InputError
@@ -267,14 +267,12 @@ def _prepare(config: ml_collections.ConfigDict, workdir: pathlib.Path, split: st
     config, config_notes = workdir_lib.with_trained_model(config, weights.config), []
   for note in config_notes if jax.process_index() == 0 else ():
     print(f"note: evaluating with a model setting that differs from training: {note}")
-  tfds_dir, _ = prepare_dataset(config, workdir)
-  data_config = config.data.copy_and_resolve_references()
-  data_config.tfds_dir = tfds_dir
-  source = tfds_data.data_source(tfds_dir, split)
+  setup = run_setup.setup_run(config, workdir)
+  mesh, data_config = setup.mesh, setup.data_config
+  source = tfds_data.data_source(data_config.tfds_dir, split)
   if len(source) < jax.process_count():
     raise InputError(split, f"has {len(source)} samples, fewer than the "
                      f"{jax.process_count()} processes")
-  mesh = sharding.config_mesh(config)
   model = PLFM.from_config(config.model, training=False)
   if weights is None:
     variables = workdir_lib.best_variables(config, workdir, INFERENCE_COMPONENTS, model=model,
