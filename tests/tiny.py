@@ -83,7 +83,7 @@ def write_random_workdir(workdir: pathlib.Path, config: ml_collections.ConfigDic
     ckpts = StageCheckpoints(workdir, stage)
     spec = stages.STAGES[stage]
     state = steps.init_state(variables, spec, steps.make_optimizers(config.train, spec))
-    ckpts.save(1, state, {"epoch": 1}, workdir_lib.config_dict(config), best=True)
+    ckpts.save(1, state, {"epoch": 1}, workdir_lib.config_dict(config), improved_loss=0.0)
     ckpts.wait()
     ckpts.close()
   return workdir

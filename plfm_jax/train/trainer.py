@@ -302,11 +302,13 @@ class StageRunner:
     self._save(stage, best=improved)
 
   def _save(self, stage: _Stage, *, best: bool) -> None:
-    """Checkpoints the stage (asynchronously) with its early stopping and data position."""
+    """Checkpoints the stage (asynchronously) with its early stopping and data position; `best`:
+    its validation loss improved."""
     stage.progress.update(best_loss=stage.stopping.best_loss,
                           bad_epochs=stage.stopping.bad_epochs,
                           data_state=stage.train_iter.get_state())
-    stage.ckpts.save(stage.step, stage.state, stage.progress, stage.config, best=best)
+    stage.ckpts.save(stage.step, stage.state, stage.progress, stage.config,
+                     improved_loss=stage.stopping.best_loss if best else None)
 
   # ---- steps and validation --------------------------------------------------------------------
 
