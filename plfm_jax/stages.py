@@ -2,7 +2,7 @@
 
 Stages are made of the model's components (`plfm_jax.models.plfm.COMPONENT_OUTPUTS`, which also
 says what each outputs). Training (`plfm_jax/train`), the workdir's reading of trained models
-(`plfm_jax/workdir.py`) and the benchmark all take the stages from here; adding a stage is one
+(`plfm_jax/workdirs.py`) and the benchmark all take the stages from here; adding a stage is one
 entry of STAGES.
 """
 

@@ -18,7 +18,7 @@ from absl import flags
 import jax
 from ml_collections import config_flags
 
-from plfm_jax import workdir as workdir_lib
+from plfm_jax import workdirs
 from plfm_jax.data.layout import SERIES_LENGTH
 from plfm_jax.models.plfm import PLFM, count_variables
 
@@ -26,7 +26,7 @@ from plfm_jax.models.plfm import PLFM, count_variables
 def summarize(config: Any) -> list[dict[str, Any]]:
   """One row per component: name, params, batch_stats, total, output shape, forward GFLOPs."""
   model = PLFM.from_config(config.model)
-  variables = workdir_lib.variable_shapes(config, model)
+  variables = workdirs.variable_shapes(config, model)
   rows = []
   inputs_of = model.component_inputs(image_size=config.data.crop_size,
                                      series_length=SERIES_LENGTH)

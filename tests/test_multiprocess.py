@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from plfm_jax import workdir as workdir_lib
+from plfm_jax import workdirs as workdir_lib
 from test_inference_scene import assert_same_grid
 from test_inference_scene import scenes, workdir  # noqa: F401  (fixtures, used by name)
 from test_trainer import TINY, train_command

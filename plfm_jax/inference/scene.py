@@ -35,7 +35,7 @@ import tqdm
 
 from plfm_jax import diskspace
 from plfm_jax import sharding
-from plfm_jax import workdir as workdir_lib
+from plfm_jax import workdirs as workdir_lib
 from plfm_jax.data import inputs as inputs_lib
 from plfm_jax.data.layout import SERIES_LENGTH
 from plfm_jax.data.normalize import REFLECTANCE_SCALE, S2_NORMALIZATIONS, s1_db_to_unit

@@ -24,7 +24,7 @@ from plfm_jax import sharding
 from plfm_jax import stages
 from plfm_jax import run_setup
 from plfm_jax import visualize
-from plfm_jax import workdir as workdir_lib
+from plfm_jax import workdirs
 from plfm_jax.checkpoints import StageCheckpoints, abstract_like
 from plfm_jax.data import pipeline
 from plfm_jax.data.layout import SERIES_LENGTH
@@ -138,8 +138,8 @@ class StageRunner:
 
   def best_variables(self, components) -> dict:
     """Variables of `components` from the best checkpoints of the stages that train them."""
-    return workdir_lib.best_variables(self.config, self.workdir, components, model=self.model,
-                                      sharding=self.replicated)
+    return workdirs.best_variables(self.config, self.workdir, components, model=self.model,
+                                   sharding=self.replicated)
 
   # ---- data ------------------------------------------------------------------------------------
 
@@ -197,7 +197,7 @@ class StageRunner:
     state = sharding.replicate(steps.init_state(variables, spec, optimizers), self.mesh)
     frozen = sharding.replicate(self.best_variables(spec.frozen), self.mesh)
     ckpts = StageCheckpoints(self.workdir, spec.name, keep=cfg.keep_checkpoints)
-    config = workdir_lib.config_dict(self.config)
+    config = workdirs.config_dict(self.config)
     restored = self._restore(ckpts, state, config)
     state, progress = restored or (state, {"epoch": 0, "best_loss": math.inf, "bad_epochs": 0,
                                            "data_state": None})
@@ -227,7 +227,7 @@ class StageRunner:
     if restored is None:
       return None
     state, progress, saved_config = restored
-    changes = workdir_lib.resume_changes(saved_config, config)
+    changes = workdirs.resume_changes(saved_config, config)
     if changes and not self.allow_config_change:
       ckpts.close()
       raise InputError(ckpts.directory,
