@@ -16,7 +16,7 @@ from ml_collections import config_flags
 
 from plfm_jax import cli
 from plfm_jax import runtime
-from plfm_jax import weights as weights_lib
+from plfm_jax import weight_files
 from plfm_jax.evaluation import baselines
 from plfm_jax.evaluation import evaluate as evaluation
 from plfm_jax.evaluation import report
@@ -28,7 +28,7 @@ flags.DEFINE_string("workdir", None, "Training workdir; results go to <workdir>/
                     required=True)
 flags.DEFINE_string("weights", None,
                     "Evaluate a weights file (or shipped weights: "
-                    f"{', '.join(weights_lib.SHIPPED)}) instead of the workdir's checkpoints.")
+                    f"{', '.join(weight_files.SHIPPED)}) instead of the workdir's checkpoints.")
 flags.DEFINE_string("split", "test", "TFDS split or slice to evaluate, e.g. test or test[:100].")
 flags.DEFINE_list("scenarios", list(evaluation.DEFAULT_SCENARIOS),
                   "What the methods are told of the simulated clouds, in report order: "
@@ -49,7 +49,7 @@ def main(argv):
                                       fid_weights=FLAGS.fid_weights, num_panels=FLAGS.num_panels,
                                       overwrite=FLAGS.overwrite,
                                       weights=(None if FLAGS.weights is None
-                                               else weights_lib.load(FLAGS.weights)))
+                                               else weight_files.load(FLAGS.weights)))
   if jax.process_index() == 0:
     for scenario in summary["scenarios"]:
       print(f"scenario {scenario}: {report.SCENARIO_TITLES[scenario]}")

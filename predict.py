@@ -20,7 +20,7 @@ import jax
 from plfm_jax import cli
 from plfm_jax import runtime
 from plfm_jax import sharding
-from plfm_jax import weights as weights_lib
+from plfm_jax import weight_files
 from plfm_jax.data import inputs
 from plfm_jax.inference import rasters, scene
 from plfm_jax.masks import formats
@@ -28,7 +28,7 @@ from plfm_jax.masks import formats
 FLAGS = flags.FLAGS
 flags.DEFINE_string("weights", None,
                     "Weights file, or the name of shipped weights "
-                    f"({', '.join(weights_lib.SHIPPED)}); default {weights_lib.SHIPPED[0]} "
+                    f"({', '.join(weight_files.SHIPPED)}); default {weight_files.SHIPPED[0]} "
                     "unless --workdir is given.")
 flags.DEFINE_string("workdir", None, "Training workdir: use its best checkpoints instead.")
 flags.DEFINE_string("cloudy", None,
@@ -92,7 +92,7 @@ def main(argv):
   if FLAGS.workdir is not None:
     model = scene.load_tile_model(FLAGS.workdir, batch_size=FLAGS.batch_size)
   else:
-    weights = weights_lib.load(FLAGS.weights or weights_lib.SHIPPED[0])
+    weights = weight_files.load(FLAGS.weights or weight_files.SHIPPED[0])
     model = scene.tile_model(weights.config, weights.variables, batch_size=FLAGS.batch_size)
   path = lambda name: None if name is None else pathlib.Path(name)
   report = scene.predict_scene(

@@ -65,9 +65,9 @@ def run_layout(spec: dict[str, Any]) -> dict[str, Any]:
   """Worker: predict_scene with the shipped weights, a warm-up run and a timed one."""
   from plfm_jax import runtime
   runtime.configure(False)
-  from plfm_jax import weights
+  from plfm_jax import weight_files
   from plfm_jax.inference import scene
-  shipped = weights.load(weights.SHIPPED[0])
+  shipped = weight_files.load(weight_files.SHIPPED[0])
   model = scene.tile_model(shipped.config, shipped.variables, batch_size=spec["batch_size"])
   inputs = scene.SceneInputs(cloudy=pathlib.Path(spec["cloudy"]),
                              history=tuple(map(pathlib.Path, spec["history"])),

@@ -16,33 +16,21 @@ from typing import Any, Sequence
 from absl import app
 from absl import flags
 import jax
-import jax.numpy as jnp
 from ml_collections import config_flags
 
-from plfm_jax import workdir as workdir_lib
+from plfm_jax import workdirs
 from plfm_jax.data.layout import SERIES_LENGTH
 from plfm_jax.models.plfm import PLFM, count_variables
-
-
-def component_inputs(config: Any, model: PLFM) -> dict[str, tuple[jax.ShapeDtypeStruct, ...]]:
-  """Abstract batch-1 inputs of every component for `config`."""
-  size, length = config.data.crop_size, SERIES_LENGTH
-  image = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-  head_channels = model.head_channels
-  return {
-      "temporal": (jax.ShapeDtypeStruct((1, length - 1, size, size, 3), jnp.float32),),
-      "generator": (image,),
-      "discriminator": (image, image),
-      "head": (jax.ShapeDtypeStruct((1, size, size, head_channels), jnp.float32),),
-  }
 
 
 def summarize(config: Any) -> list[dict[str, Any]]:
   """One row per component: name, params, batch_stats, total, output shape, forward GFLOPs."""
   model = PLFM.from_config(config.model)
-  variables = workdir_lib.variable_shapes(config, model)
+  variables = workdirs.variable_shapes(config, model)
   rows = []
-  for name, inputs in component_inputs(config, model).items():
+  inputs_of = model.component_inputs(image_size=config.data.crop_size,
+                                     series_length=SERIES_LENGTH)
+  for name, inputs in inputs_of.items():
     module = getattr(model, name)
     apply = jax.jit(functools.partial(module.apply, train=False))
     cost = apply.lower(variables[name], *inputs).cost_analysis() or {}

@@ -25,7 +25,7 @@ import tifffile
 
 from plfm_jax import runtime
 from plfm_jax import visualize
-from plfm_jax import weights
+from plfm_jax import weight_files
 from plfm_jax.data.normalize import s2_reflectance
 from plfm_jax.inference import scene
 from plfm_jax.models import gapfill
@@ -57,7 +57,7 @@ def main(argv) -> None:
   sample_root, workdir = pathlib.Path(FLAGS.sample_root), pathlib.Path(FLAGS.workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   dates = {d: stack(sample_root, workdir, d) for d in (*EARLIER, CLOUDY, *CLEAR_DATES)}
-  shipped = weights.load(weights.SHIPPED[0])
+  shipped = weight_files.load(weight_files.SHIPPED[0])
   out, mask_out = workdir / "restored.tif", workdir / "mask.tif"
   report = scene.predict_scene(
       scene.SceneInputs(cloudy=dates[CLOUDY], history=tuple(dates[d] for d in EARLIER)), out,

@@ -22,7 +22,7 @@ import numpy as np
 from absl import flags
 
 from plfm_jax import runtime
-from plfm_jax import workdir as workdir_lib
+from plfm_jax import workdirs
 from plfm_jax.data import pipeline
 from plfm_jax.errors import InputError
 from plfm_jax.evaluation import metrics
@@ -49,7 +49,7 @@ def _method(radii: tuple[int, ...] | None) -> gapfill.GapFill:
 
 def scores(workdir: pathlib.Path) -> dict[str, dict[str, float]]:
   """{candidate: mean cloud-area psnr and ssim} on the run's validation split."""
-  config = workdir_lib.saved_config(workdir)
+  config = workdirs.saved_config(workdir)
   if config.data.s2_normalization != "reflectance":
     raise InputError(workdir, "was trained in another normalisation than reflectance")
   data_config = config.data.copy_and_resolve_references()

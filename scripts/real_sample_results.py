@@ -40,7 +40,7 @@ from typing import Any, Mapping, Sequence
 
 from absl import flags
 
-from plfm_jax import workdir as workdir_lib
+from plfm_jax import workdirs
 from plfm_jax.data import layout
 from plfm_jax.errors import InputError
 from plfm_jax.evaluation import baselines, report
@@ -249,7 +249,7 @@ def main(argv: list[str]) -> None:
   record = {
       "variant": FLAGS.variant, "train_zones": train_zones, "test_zone": FLAGS.test_zone,
       "splits": splits, "commands": ran, "machine": machine(),
-      "config": workdir_lib.config_dict(workdir_lib.saved_config(workdir)),
+      "config": workdirs.config_dict(workdirs.saved_config(workdir)),
       "run_note": "from an empty workdir" if fresh else
                   "resuming an existing workdir: the times are those of this rerun",
       "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

@@ -6,7 +6,7 @@
 Trains `configs/plfm.py:small,plus` (seed 0) on both zones of the real sample, every patch but
 the three highest-numbered of each zone, which are held out as the validation split (early
 stopping and the choice of checkpoints); evaluates the best model on them; and writes it as a
-weights file (`plfm_jax.weights.export`) with a description of this run. Then it de-clouds the
+weights file (`plfm_jax.weight_files.export`) with a description of this run. Then it de-clouds the
 first held-out patch of each zone with predict.py's code path (the patch's last date under
 simulated clouds, as GeoTIFF inputs) and draws docs/images/weights_example.png. About 10 minutes
 on 2 CPU cores. The cross-season numbers of the model card come from scripts/real_sample_study.py,
@@ -23,7 +23,7 @@ import numpy as np
 import tifffile
 
 from plfm_jax import visualize
-from plfm_jax import weights
+from plfm_jax import weight_files
 from plfm_jax.data import layout
 from plfm_jax.data.clouds import simulate_clouds
 from plfm_jax.data.normalize import REFLECTANCE_SCALE, s2_reflectance
@@ -63,14 +63,14 @@ def main(argv: list[str]) -> None:
       f"validation: {held_out}. Validation cloud-area PSNR {fused['psnr_cloud']:.2f} dB, "
       f"SSIM {fused['ssim_cloud']:.4f} under simulated clouds, haze and shadows, masks found by "
       f"the tool (scenario {lead}). See docs/weights.md.")
-  exported = weights.export(workdir, out, description=description)
+  exported = weight_files.export(workdir, out, description=description)
   print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB): {exported.metadata['description']}")
   example = example_panel(exported, workdir / "raw" / "validation", workdir / "example",
                           pathlib.Path(FLAGS.example))
   print(f"wrote {example}")
 
 
-def example_panel(exported: weights.Weights, validation_root: pathlib.Path,
+def example_panel(exported: weight_files.Weights, validation_root: pathlib.Path,
                   scratch: pathlib.Path, png: pathlib.Path) -> pathlib.Path:
   """De-clouds the first held-out series of each zone through `scene.predict_scene` and draws
   cloudy | latest earlier date | restored | truth, one row per zone."""
@@ -104,7 +104,7 @@ if __name__ == "__main__":
   flags.DEFINE_string("sample_root", str(real_sample_results.DEFAULT_SAMPLE),
                       "The real sample's root folder.")
   flags.DEFINE_string("workdir", str(REPO / "workdir" / "release"), "Training workdir.")
-  flags.DEFINE_string("out", str(weights.shipped_path(weights.SHIPPED[0])),
+  flags.DEFINE_string("out", str(weight_files.shipped_path(weight_files.SHIPPED[0])),
                       "The weights file to write (it must not exist).")
   flags.DEFINE_string("example", str(REPO / "docs" / "images" / "weights_example.png"),
                       "The example picture to write.")

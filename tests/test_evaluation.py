@@ -15,8 +15,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from plfm_jax import weights as weights_lib
-from plfm_jax import workdir as workdir_lib
+from plfm_jax import weight_files
+from plfm_jax import workdirs
 from plfm_jax.data import synthetic
 from plfm_jax.errors import InputError
 from plfm_jax.evaluation import baselines
@@ -216,8 +216,8 @@ def test_config_that_does_not_fit_the_checkpoints(trained):
     evaluation.run_evaluation(config(tfds_dir, **{"model.head_features": 8}), workdir,
                               split="validation")
   # Numerics-only settings may differ; they are reported, not refused.
-  assert workdir_lib.check_model_config(config(tfds_dir, **{"model.time_loop": "scan"}),
-                                       workdir) == [
+  assert workdirs.check_model_config(config(tfds_dir, **{"model.time_loop": "scan"}),
+                                     workdir) == [
       "model.time_loop: 'unroll' -> 'scan'"]
 
 
@@ -292,7 +292,7 @@ def test_minmax_model_is_scored_in_reflectance_and_in_its_own_normalisation():
 
 def test_weights_file_evaluates_like_its_workdir(trained, cli_output, tmp_path):
   workdir, tfds_dir = trained
-  exported = weights_lib.export(workdir, tmp_path / "model.msgpack", description="test")
+  exported = weight_files.export(workdir, tmp_path / "model.msgpack", description="test")
   # The model comes from the weights, whatever the config says of it; the data from the config.
   cfg = config(tfds_dir, **{"model.head_features": 16, "model.head_output": "image"})
   summary = evaluation.run_evaluation(cfg, tmp_path / "out", split="test", scenarios=("exact",),

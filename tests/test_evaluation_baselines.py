@@ -6,6 +6,7 @@ import numpy as np
 
 from plfm_jax.evaluation import baselines
 from plfm_jax.models import gapfill
+from plfm_jax.models.plfm import COMPONENT_OUTPUTS
 
 
 def hand_made_batch() -> dict[str, np.ndarray]:
@@ -55,6 +56,11 @@ def test_method_images_in_report_order():
   for method, value in (("temporal_branch", 0.1), ("sar_branch", 0.2), ("plfm_fused", 0.3),
                         ("plfm_composite", 0.4)):
     np.testing.assert_allclose(images[method], value)
+
+
+def test_every_image_the_model_predicts_is_scored():
+  outputs = {output for output in COMPONENT_OUTPUTS.values() if output}
+  assert set(baselines.MODEL_OUTPUTS.values()) == outputs | {"composite"}
 
 
 def test_every_filling_method_keeps_the_cloudy_input_outside_the_mask():

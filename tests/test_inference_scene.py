@@ -409,11 +409,11 @@ def test_real_clouds_and_shadows_are_found_and_restored(tmp_path):
   """MultiEarth, 2019-07-11 (one cumulus, its shadow; QA60 empty), every earlier date, no mask:
   the shipped model with the tool's detection leaves no cloud-bright pixel, and the restored area
   agrees with the next clear date (2019-07-26) matched to the date's clear pixels."""
-  from plfm_jax import weights
+  from plfm_jax import weight_files
   from plfm_jax.models import gapfill
   earlier = [_multiearth_stack(tmp_path, d) for d in ("2019_06_06", "2019_06_11", "2019_07_01")]
   cloudy, later = (_multiearth_stack(tmp_path, d) for d in ("2019_07_11", "2019_07_26"))
-  shipped = weights.load(weights.SHIPPED[0])
+  shipped = weight_files.load(weight_files.SHIPPED[0])
   out, mask_out = tmp_path / "restored.tif", tmp_path / "mask.tif"
   report = scene.predict_scene(scene.SceneInputs(cloudy=cloudy, history=tuple(earlier)), out,
                                scene.tile_model(shipped.config, shipped.variables),

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from plfm_jax import workdir as workdir_lib
+from plfm_jax import workdirs
 from test_inference_scene import assert_same_grid
 from test_inference_scene import scenes, workdir  # noqa: F401  (fixtures, used by name)
 from test_trainer import TINY, train_command
@@ -91,7 +91,7 @@ def two_processes(tfds_dir, tmp_path_factory):  # noqa: F811
 
 
 def _gan_variables(workdir: pathlib.Path):
-  return workdir_lib.best_variables(workdir_lib.saved_config(workdir), workdir,
+  return workdirs.best_variables(workdirs.saved_config(workdir), workdir,
                                     ("generator", "discriminator"))
 
 

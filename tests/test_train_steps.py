@@ -201,3 +201,8 @@ def test_every_component_is_held_by_the_first_stage_that_trains_it():
   for spec in stages.STAGES.values():
     for component in (*spec.frozen, *spec.warm_start):
       assert order.index(stages.COMPONENT_STAGE[component]) < order.index(spec.name)
+
+
+def test_each_stage_is_validated_on_the_output_of_its_last_component():
+  assert {name: spec.output for name, spec in stages.STAGES.items()} == {
+      "temporal": "temporal", "gan": "sar_branch", "head": "fused", "joint": "fused"}

@@ -15,8 +15,8 @@ import pytest
 import tifffile
 
 from configs.plfm import get_config
-from plfm_jax import weights
-from plfm_jax import workdir as workdir_lib
+from plfm_jax import weight_files
+from plfm_jax import workdirs
 from plfm_jax.errors import InputError
 from plfm_jax.inference import scene
 from test_inference_scene import REPO_ROOT, run_cli
@@ -24,9 +24,9 @@ from test_inference_scene import scenes, workdir  # noqa: F401  (fixtures, used 
 
 
 @pytest.fixture(scope="module")
-def exported(workdir, tmp_path_factory) -> weights.Weights:  # noqa: F811
-  return weights.export(workdir, tmp_path_factory.mktemp("weights") / "tiny.msgpack",
-                        description="a tiny random model")
+def exported(workdir, tmp_path_factory) -> weight_files.Weights:  # noqa: F811
+  return weight_files.export(workdir, tmp_path_factory.mktemp("weights") / "tiny.msgpack",
+                             description="a tiny random model")
 
 
 def test_exported_weights_predict_like_the_checkpoint(exported, workdir, scenes,  # noqa: F811
@@ -55,7 +55,7 @@ def test_metadata_describes_the_arrays(exported):
   other.write_bytes(serialization.msgpack_serialize(content))
   with pytest.raises(InputError, match="its variables do not fit the model its metadata "
                      r"describes \(\['head'\]"):
-    weights.load(other)
+    weight_files.load(other)
 
 
 def test_damaged_or_foreign_files_are_one_line_errors(exported, tmp_path):
@@ -73,27 +73,27 @@ def test_damaged_or_foreign_files_are_one_line_errors(exported, tmp_path):
     path = tmp_path / f"{name}.msgpack"
     path.write_bytes(content)
     with pytest.raises(InputError, match=message) as error:
-      weights.load(path)
+      weight_files.load(path)
     assert error.value.path == str(path) and "\n" not in str(error.value), name
   with pytest.raises(InputError, match=r"no such weights file \(shipped weights: plus_sample\)"):
-    weights.load(tmp_path / "missing.msgpack")
+    weight_files.load(tmp_path / "missing.msgpack")
 
 
 def test_export_never_overwrites(exported, workdir):  # noqa: F811
   before = exported.path.read_bytes()
   with pytest.raises(InputError, match="exists already"):
-    weights.export(workdir, exported.path, description="again")
+    weight_files.export(workdir, exported.path, description="again")
   assert exported.path.read_bytes() == before
 
 
 def test_shipped_weights_load():
-  shipped = weights.load(weights.SHIPPED[0])
+  shipped = weight_files.load(weight_files.SHIPPED[0])
   config = shipped.config
-  assert shipped.path == weights.shipped_path("plus_sample") and shipped.path.is_file()
+  assert shipped.path == weight_files.shipped_path("plus_sample") and shipped.path.is_file()
   assert config.data.s2_normalization == "reflectance" and config.data.crop_size == 64
   # The shipped model is the current `plus`: every model switch as configs/plfm.py sets it.
-  assert workdir_lib.model_changes(workdir_lib.config_dict(config),
-                                   workdir_lib.config_dict(get_config("small,plus"))) == ([], [])
+  assert workdirs.model_changes(workdirs.config_dict(config),
+                                workdirs.config_dict(get_config("small,plus"))) == ([], [])
   assert "zone_9_a and zone_9_b" in shipped.metadata["description"]
   # A few MB (float32 variables of widths 16): it ships inside the package.
   assert shipped.path.stat().st_size < 10 * 2**20

@@ -75,7 +75,7 @@ def write_random_workdir(workdir: pathlib.Path, config: ml_collections.ConfigDic
   """A workdir whose best checkpoints hold `random_variables(config)` for every stage, written as
   the trainer writes them: what evaluation, export and inference read, without training."""
   from plfm_jax import stages
-  from plfm_jax import workdir as workdir_lib
+  from plfm_jax import workdirs
   from plfm_jax.checkpoints import StageCheckpoints
   from plfm_jax.train import steps
   variables = random_variables(config)
@@ -83,7 +83,7 @@ def write_random_workdir(workdir: pathlib.Path, config: ml_collections.ConfigDic
     ckpts = StageCheckpoints(workdir, stage)
     spec = stages.STAGES[stage]
     state = steps.init_state(variables, spec, steps.make_optimizers(config.train, spec))
-    ckpts.save(1, state, {"epoch": 1}, workdir_lib.config_dict(config), best=True)
+    ckpts.save(1, state, {"epoch": 1}, workdirs.config_dict(config), improved_loss=0.0)
     ckpts.wait()
     ckpts.close()
   return workdir

@@ -42,7 +42,9 @@ BATCH_BASELINES: dict[str, Callable[[Batch], jax.Array]] = {
     "cloudy_input": cloudy_input,
     **{name: _gapfill(method) for name, method in gapfill.METHODS.items()},
 }
-# Model-based methods: the key of `PLFM.predict`'s output each one is.
+# Model-based methods: the image of `PLFM.predict` each one is (an output of a component,
+# `plfm.COMPONENT_OUTPUTS`, or the composite). The names are the report's own (per_sample.csv,
+# summary.json), so a component's output is named here, not derived from the component.
 MODEL_OUTPUTS = {
     "sar_branch": "sar_branch",
     "temporal_branch": "temporal",

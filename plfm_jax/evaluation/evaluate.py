@@ -36,10 +36,11 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
+from plfm_jax import run_setup
 from plfm_jax import sharding
 from plfm_jax import visualize
-from plfm_jax import weights as weights_lib
-from plfm_jax import workdir as workdir_lib
+from plfm_jax import weight_files
+from plfm_jax import workdirs
 from plfm_jax.data import pipeline
 from plfm_jax.data import tfds_data
 from plfm_jax.data.layout import MONTHS
@@ -189,7 +190,7 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
                    split: str = "test", scenarios: tuple[str, ...] = DEFAULT_SCENARIOS,
                    fid_weights: str | pathlib.Path | None = None, num_panels: int = 8,
                    overwrite: bool = False,
-                   weights: weights_lib.Weights | None = None) -> dict[str, Any]:
+                   weights: weight_files.Weights | None = None) -> dict[str, Any]:
   """Evaluates the workdir's best PLFM (or `weights`) and the baselines on `split`; writes
   `output_dir`.
 
@@ -248,7 +249,7 @@ class _Run:
   config: ml_collections.ConfigDict
   config_notes: list[str]
   workdir: pathlib.Path
-  weights: weights_lib.Weights | None
+  weights: weight_files.Weights | None
   split: str
   data_config: ml_collections.ConfigDict
   source: Any
@@ -260,26 +261,24 @@ class _Run:
 
 
 def _prepare(config: ml_collections.ConfigDict, workdir: pathlib.Path, split: str,
-             weights: weights_lib.Weights | None) -> _Run:
+             weights: weight_files.Weights | None) -> _Run:
   """The config reconciled with the trained model, the data, the mesh and the variables."""
   if weights is None:
-    config_notes = workdir_lib.check_model_config(config, workdir)
+    config_notes = workdirs.check_model_config(config, workdir)
   else:
-    config, config_notes = workdir_lib.with_trained_model(config, weights.config), []
+    config, config_notes = workdirs.with_trained_model(config, weights.config), []
   for note in config_notes if jax.process_index() == 0 else ():
     print(f"note: evaluating with a model setting that differs from training: {note}")
-  tfds_dir, _ = prepare_dataset(config, workdir)
-  data_config = config.data.copy_and_resolve_references()
-  data_config.tfds_dir = tfds_dir
-  source = tfds_data.data_source(tfds_dir, split)
+  setup = run_setup.setup_run(config, workdir)
+  mesh, data_config = setup.mesh, setup.data_config
+  source = tfds_data.data_source(data_config.tfds_dir, split)
   if len(source) < jax.process_count():
     raise InputError(split, f"has {len(source)} samples, fewer than the "
                      f"{jax.process_count()} processes")
-  mesh = sharding.config_mesh(config)
   model = PLFM.from_config(config.model, training=False)
   if weights is None:
-    variables = workdir_lib.best_variables(config, workdir, INFERENCE_COMPONENTS, model=model,
-                                           sharding=sharding.replicated(mesh))
+    variables = workdirs.best_variables(config, workdir, INFERENCE_COMPONENTS, model=model,
+                                        sharding=sharding.replicated(mesh))
   else:
     variables = sharding.replicate(weights.variables, mesh)
   return _Run(config=config, config_notes=config_notes, workdir=workdir, weights=weights,

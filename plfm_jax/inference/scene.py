@@ -13,7 +13,7 @@ with at least the context of an evaluated dataset patch. A window in which nothi
 restored is not run through the model. Everything streams: memory holds one row of windows of
 every input and the batches in flight, whatever the scene size. The model is any `predict_tiles`
 callable; `load_tile_model` binds a trained one from a workdir, `tile_model` any config and
-variables (those of a weights file, `plfm_jax.weights`).
+variables (those of a weights file, `plfm_jax.weight_files`).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import tqdm
 
 from plfm_jax import diskspace
 from plfm_jax import sharding
-from plfm_jax import workdir as workdir_lib
+from plfm_jax import workdirs
 from plfm_jax.data import inputs as inputs_lib
 from plfm_jax.data.layout import SERIES_LENGTH
 from plfm_jax.data.normalize import REFLECTANCE_SCALE, S2_NORMALIZATIONS, s1_db_to_unit
@@ -141,8 +141,8 @@ def load_tile_model(workdir: str | os.PathLike, *, batch_size: int = DEFAULT_BAT
   Raises:
     InputError: no trained model (or a missing stage) in `workdir`.
   """
-  config = workdir_lib.saved_config(workdir)
-  variables = workdir_lib.best_variables(config, workdir, INFERENCE_COMPONENTS)
+  config = workdirs.saved_config(workdir)
+  variables = workdirs.best_variables(config, workdir, INFERENCE_COMPONENTS)
   return tile_model(config, variables, batch_size=batch_size, devices=devices)
 
 

@@ -34,9 +34,14 @@ from plfm_jax.models.discriminator import PatchDiscriminator
 from plfm_jax.models.norm import NORMS
 from plfm_jax.models.unet import UNet
 
-COMPONENTS = ("temporal", "generator", "discriminator", "head")
-# The components `predict` needs (the discriminator only serves training).
-INFERENCE_COMPONENTS = ("temporal", "generator", "head")
+# The components, defined once: in the order `init` draws their keys (that of the forward pass),
+# each with the output of `forward` it produces (the discriminator only serves training). The
+# stages (plfm_jax/stages.py) are made of them.
+COMPONENT_OUTPUTS = {"temporal": "temporal", "generator": "sar_branch", "discriminator": None,
+                     "head": "fused"}
+COMPONENTS = tuple(COMPONENT_OUTPUTS)
+# The components `predict` needs: those with an output.
+INFERENCE_COMPONENTS = tuple(name for name, output in COMPONENT_OUTPUTS.items() if output)
 HEAD_INPUTS = ("branches", "branches+cloudy")
 HEAD_OUTPUTS = ("image", "residual", "affine")
 # Output channels of the head per head_output: an image, a correction, or per band the gains of
@@ -224,19 +229,29 @@ class PLFM:
 
   # ---- variables ---------------------------------------------------------------------------
 
+  def component_inputs(self, *, image_size: int,
+                       series_length: int) -> dict[str, tuple[jax.ShapeDtypeStruct, ...]]:
+    """{component: the shapes of its batch-1 inputs}: what `init` builds each component with.
+
+    `series_length` counts the cloudy date too: the temporal branch sees series_length - 1
+    dates.
+    """
+    shape = lambda *dims: jax.ShapeDtypeStruct((1, *dims), jnp.float32)
+    image = shape(image_size, image_size, 3)
+    return {"temporal": (shape(series_length - 1, image_size, image_size, 3),),
+            "generator": (image,), "discriminator": (image, image),
+            "head": (shape(image_size, image_size, self.head_channels),)}
+
   def init(self, rng: jax.Array, *, image_size: int, series_length: int) -> Variables:
     """Initial {"params", "batch_stats"} of every component, keyed by component name.
 
-    `series_length` counts the cloudy date too: the temporal branch sees series_length - 1
-    dates. Wrap in `jax.eval_shape` to get shapes without computing anything.
+    Inputs as `component_inputs`. Wrap in `jax.eval_shape` to get shapes without computing
+    anything.
     """
-    image = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-    history = jnp.zeros((1, series_length - 1, image_size, image_size, 3), jnp.float32)
-    head_in = jnp.zeros((1, image_size, image_size, self.head_channels), jnp.float32)
-    inputs = {"temporal": (history,), "generator": (image,), "discriminator": (image, image),
-              "head": (head_in,)}
+    inputs = self.component_inputs(image_size=image_size, series_length=series_length)
     keys = jax.random.split(rng, len(COMPONENTS))
-    return {name: init_module(getattr(self, name), key, *inputs[name])
+    return {name: init_module(getattr(self, name), key,
+                              *(jnp.zeros(x.shape, x.dtype) for x in inputs[name]))
             for key, name in zip(keys, COMPONENTS)}
 
   def apply_component(self, name: str, variables: Variables, *inputs: jax.Array,

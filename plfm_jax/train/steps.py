@@ -135,9 +135,6 @@ def train_step(state: dict[str, Any], frozen: Variables, batch: Batch, *,
   return {"step": state["step"] + 1, "variables": variables, "opt_state": opt_state}, metrics
 
 
-# The output of `PLFM.forward` each stage produces.
-
-
 def stage_prediction(variables: Variables, batch: Batch, *, model: PLFM,
                      spec: StageSpec) -> jax.Array:
   """The image a stage produces, in [0, 1] (inference mode): temporal, SAR or fused output."""

@@ -30,7 +30,7 @@ import ml_collections
 import numpy as np
 
 import plfm_jax
-from plfm_jax import workdir as workdir_lib
+from plfm_jax import workdirs
 from plfm_jax.errors import InputError
 from plfm_jax.models.plfm import INFERENCE_COMPONENTS
 
@@ -74,11 +74,11 @@ def export(workdir: str | os.PathLike, path: str | os.PathLike, *, description: 
   path = pathlib.Path(path)
   if path.exists():
     raise InputError(path, "exists already; remove it first")
-  config = workdir_lib.saved_config(workdir)
-  variables = workdir_lib.best_variables(config, workdir, INFERENCE_COMPONENTS)
+  config = workdirs.saved_config(workdir)
+  variables = workdirs.best_variables(config, workdir, INFERENCE_COMPONENTS)
   data = serialization.msgpack_serialize(jax.tree.map(np.asarray, variables))
   metadata = {
-      "config": workdir_lib.config_dict(config),
+      "config": workdirs.config_dict(config),
       "sha256": _digest(data),
       "plfm_jax_version": plfm_jax.__version__,
       "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -122,7 +122,7 @@ def load(name_or_path: str | os.PathLike) -> Weights:
 def _check_fits(path: pathlib.Path, config: ml_collections.ConfigDict,
                 variables: dict[str, Any]) -> None:
   """Raises unless `variables` have exactly the tree, shapes and dtypes of `config`'s model."""
-  expected = workdir_lib.variable_shapes(config)
+  expected = workdirs.variable_shapes(config)
   expected = {name: expected[name] for name in INFERENCE_COMPONENTS}
   found = jax.tree_util.tree_flatten_with_path(variables)[0]
   wanted = jax.tree_util.tree_flatten_with_path(expected)[0]

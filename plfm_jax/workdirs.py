@@ -1,6 +1,6 @@
 """A training workdir as training, evaluation and inference read it: its config and trained variables.
 
-The trainer writes `<workdir>/checkpoints/<stage>/{last,best}/` (`plfm_jax.checkpoints`); here
+The trainer writes `<workdir>/checkpoints/<stage>/` (`plfm_jax.checkpoints`); here
 are the reading side and the one policy on how a config may differ from a workdir's:
 
   - `resume_changes`: resuming training, every field must match but those saying where the run
@@ -93,10 +93,6 @@ def with_trained_model(config: ml_collections.ConfigDict,
   return result
 
 
-def _stage_checkpoints(workdir: pathlib.Path) -> Iterable[tuple[str, StageCheckpoints]]:
-  for stage in stages.STAGES:
-    if (workdir / "checkpoints" / stage / "best").is_dir():
-      yield stage, StageCheckpoints(workdir, stage)
 
 
 def saved_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
@@ -107,7 +103,8 @@ def saved_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
   """
   workdir = pathlib.Path(workdir)
   found = None
-  for _, ckpts in _stage_checkpoints(workdir):
+  for stage in stages.STAGES:
+    ckpts = StageCheckpoints(workdir, stage, read_only=True)
     try:
       found = ckpts.best_config() or found
     finally:
@@ -150,19 +147,17 @@ def best_variables(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
     abstract = {name: jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes[name])
                 for name in names}
-    # Reading never creates checkpoint folders (orbax's managers would, in a background thread
-    # that can outlive a process ending on this error).
-    restored = None
-    if (workdir / "checkpoints" / stage / "best").is_dir():
-      ckpts = StageCheckpoints(workdir, stage)
-      try:
-        restored = ckpts.best_variables(abstract)
-      except ValueError as e:  # orbax: the saved tree does not fit the model's
-        raise InputError(workdir / "checkpoints" / stage,
-                         "the best checkpoint's variables do not fit the configured model; "
-                         "pass the config it was trained with") from e
-      finally:
-        ckpts.close()
+    # Read only: reading never creates checkpoint folders (orbax's managers would, in a
+    # background thread that can outlive a process ending on this error).
+    ckpts = StageCheckpoints(workdir, stage, read_only=True)
+    try:
+      restored = ckpts.best_variables(abstract)
+    except ValueError as e:  # orbax: the saved tree does not fit the model's
+      raise InputError(workdir / "checkpoints" / stage,
+                       "the best checkpoint's variables do not fit the configured model; "
+                       "pass the config it was trained with") from e
+    finally:
+      ckpts.close()
     if restored is None:
       raise InputError(workdir / "checkpoints" / stage,
                        f"no best checkpoint of stage {stage!r}, which provides the "
