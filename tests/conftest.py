@@ -16,6 +16,10 @@ from plfm_jax import hugepages
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="plfm_xla_cache_"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+# Tiny shapes make compilation most of the suite's time: XLA's cheapest code generation
+# (inherited by the subprocesses) compiles the same programs faster, which more than pays for
+# their slower code. Benchmarks and users' runs keep the default.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 # The malloc tunable the entry points would restart themselves for (plfm_jax.hugepages), set
 # here so that the command-line subprocesses start once.
 os.environ.update(hugepages.environment(os.environ) or {})
