@@ -288,7 +288,9 @@ def fill_history(history: jax.Array, history_mask: jax.Array, *,
                         jnp.maximum(rows(mask, source), rows(mask, target)), robust=robust)
   # (T, T - 1, B, H, W, C): per date, its other dates matched to it.
   matched = matched.reshape(t, t - 1, b, *history.shape[2:])
-  source_masked = jnp.moveaxis(mask[:, source], 1, 0).reshape(t, t - 1, b, *mask.shape[2:]) > 0.5
+  # (T, T - 1, B, H, W, 1): per date, its other dates' masks.
+  source_mask = jnp.moveaxis(mask[:, source], 1, 0).reshape(t, t - 1, b, *mask.shape[2:])
+  source_masked = source_mask > 0.5
   clear_median = nanmedian_small(jnp.where(source_masked, jnp.nan, matched), axis=1)
   candidate = jnp.where(jnp.isnan(clear_median), nanmedian_small(matched, axis=1), clear_median)
   median_filled = jnp.where(mask > 0.5, jnp.moveaxis(candidate, 0, 1), history)
@@ -298,9 +300,8 @@ def fill_history(history: jax.Array, history_mask: jax.Array, *,
   features = _dates_as_bands(jnp.moveaxis(others, 1, 2).reshape(t * b, t - 1,
                                                                 *history.shape[2:]))
   by_date = lambda x: jnp.moveaxis(x, 1, 0).reshape(t * b, *x.shape[2:])
-  fit_mask = jnp.maximum(by_date(mask), jnp.max(jnp.moveaxis(
-      mask[:, source], 1, 0).reshape(t, t - 1, b, *mask.shape[2:]), axis=1).reshape(
-          t * b, *mask.shape[2:]))
+  fit_mask = jnp.maximum(by_date(mask),
+                         jnp.max(source_mask, axis=1).reshape(t * b, *mask.shape[2:]))
   regressed = _regressed(features, by_date(history), fit_mask, by_date(median_filled), robust)
   regressed = jnp.moveaxis(regressed.reshape(t, b, *history.shape[2:]), 0, 1)
   return jnp.where(mask > 0.5, regressed, history)
