@@ -145,11 +145,12 @@ _DATA_PARALLEL_SCRIPT = textwrap.dedent("""
     for stage in ("gan", "head"):
       spec = stages.STAGES[stage]
       results = []
+      # SGD, not Adam: parameters whose true gradient is zero (conv biases before BatchNorm)
+      # get gradients of pure rounding noise, which Adam rescales into full +-lr steps.
+      optimizers = {{name: optax.sgd(0.01) for name in spec.trainable}}
+      start = jax.device_get(steps.init_state(variables, spec, optimizers)["variables"])
       for devices in (jax.devices()[:1], jax.devices()):
         mesh = sharding.make_mesh(devices)
-        # SGD, not Adam: parameters whose true gradient is zero (conv biases before BatchNorm)
-        # get gradients of pure rounding noise, which Adam rescales into full +-lr steps.
-        optimizers = {{name: optax.sgd(0.01) for name in spec.trainable}}
         state = sharding.replicate(steps.init_state(variables, spec, optimizers), mesh)
         frozen = sharding.replicate({{c: variables[c] for c in spec.frozen}}, mesh)
         train, _ = steps.jit_steps(plfm, spec, steps.Hyper(), optimizers,
@@ -158,10 +159,10 @@ _DATA_PARALLEL_SCRIPT = textwrap.dedent("""
           batch = sharding.global_batch(random_batch(8, 32, seed=i), mesh)
           state, _ = train(state, frozen, batch)
         results.append(jax.device_get(state["variables"]))
-      diffs = [float(np.max(np.abs(a - b))) for a, b in
-               zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1]))]
-      scale = max(float(np.max(np.abs(a))) for a in jax.tree.leaves(results[0]))
-      report[stage] = {{"max_diff": max(diffs), "scale": scale}}
+      one, eight, start = (jax.tree.leaves(x) for x in (*results, start))
+      squares = lambda pairs: sum(float(np.sum(np.square(a - b))) for a, b in pairs)
+      report[stage] = {{"difference": squares(zip(one, eight)) ** 0.5,
+                        "update": squares(zip(one, start)) ** 0.5}}
     print(json.dumps(report))
 """)
 
@@ -178,8 +179,13 @@ def test_eight_devices_match_one_device():
   assert out.returncode == 0, out.stderr[-3000:]
   report = json.loads(out.stdout.strip().splitlines()[-1])
   assert set(report) == {"gan", "head"}
+  # The updates agree to 1%: a batch statistic or a loss taken per device instead of over the
+  # global batch moves them by their own size. Not to float32 rounding: the GAN stage amplifies
+  # the rounding of per-device convolutions to 0.07% of its update after one step and 0.4%
+  # after three on a 2-core AVX2 machine (the head stage: 1e-7), less on AVX-512.
   for stage, result in report.items():
-    assert result["max_diff"] <= 1e-4 * max(1.0, result["scale"]), (stage, result)
+    assert result["update"] > 0, (stage, result)
+    assert result["difference"] <= 1e-2 * result["update"], (stage, result)
 
 
 def test_early_stopping_counts_epochs_without_a_better_loss():
