@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import pathlib
+
 import numpy as np
 import pytest
+import tifffile
 
 from plfm_jax.data.clouds import simulate_clouds
 from plfm_jax.data.normalize import s2_reflectance
@@ -143,3 +146,33 @@ def test_stricter_thresholds_find_less(field):
   default = np.asarray(detect.detect(dates).mask).sum()
   strict = detect.DetectionSettings(**{field: 4 * getattr(detect.DEFAULT, field)})
   assert np.asarray(detect.detect(dates, settings=strict).mask).sum() < default
+
+
+MULTIEARTH = (pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+              / "multiearth_sample" / "sent2")
+
+
+def _multiearth(date: str) -> np.ndarray:
+  return s2_reflectance(np.stack([
+      tifffile.imread(MULTIEARTH / f"Sentinel2_{band}_-55.20_-4.39_{date}.tiff")
+      for band in ("B4", "B3", "B2")], axis=-1))
+
+
+@pytest.mark.skipif(not MULTIEARTH.is_dir(), reason=f"{MULTIEARTH} not found")
+@pytest.mark.parametrize("cloudy", ["2019_06_06", "2019_06_11"])
+def test_real_cloudy_dates_lose_their_clouds_and_shadows(cloudy):
+  """MultiEarth's clouded June dates (2019-06-06: a quarter cloud and its haze) beside its three
+  clear dates: every cloud-bright pixel and the shadows are found. A pixel is in shadow when it
+  keeps less than 70% of the light of the darkest clear date matched to it (on what was not
+  found); a cloud's own haze once bent that matching and hid half of 2019-06-06's shadows."""
+  from plfm_jax.models import gapfill
+  clear = [_multiearth(d) for d in ("2019_07_01", "2019_07_26", "2020_07_20")]
+  date = _multiearth(cloudy)
+  mask = np.asarray(detect.detect(np.stack([*clear, date])).mask)
+  kept = (~mask[-1])[None, ..., None].astype(np.float32)
+  matched = [np.asarray(gapfill.match_bands(x[None], date[None], 1 - kept))[0] for x in clear]
+  dark = date.mean(-1) < 0.7 * np.min([m.mean(-1) for m in matched], axis=0)
+  bright = date.mean(-1) > 0.15
+  assert dark.mean() > 0.02 and bright.mean() > 0.02
+  assert mask[-1][bright].mean() > 0.99 and mask[-1][dark].mean() > 0.85
+  assert mask[:-1].mean() < 0.01
