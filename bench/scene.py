@@ -1,6 +1,7 @@
 """Scene throughput of `predict.py` with the shipped weights: `python -m bench.scene`.
 
     .venv/bin/python -m bench.scene [--size=2048] [--dates=3] [--coverage=0.3] [--out=FILE.json]
+        [--previous=PATH]
 
 Writes a synthetic georeferenced scene (`--size` px square, `--dates` earlier dates, the last
 date under simulated clouds, haze and shadows covering `--coverage`, S1 VV), then runs
@@ -12,12 +13,21 @@ size, eight per call), whose ratio to the default is the speed-up measured side 
 the same scene, so compilation is not counted), pixels per second, the windows run, the time a
 10980 x 10980 Sentinel-2 granule would take at that rate, and the worker's peak resident memory.
 Prints a table; `--out` (default bench/results/<machine>-scene.json) keeps the JSON.
+
+`--previous=PATH` also times, one after the other on the same scene, the whole `predict.py`
+command of today's repository and of PATH, a checkout of an earlier release (`git worktree add
+PATH <commit>`; run with this interpreter and PATH first on PYTHONPATH, so its dependencies
+must be today's): wall seconds a user waits, start-up and compilation included, the faster of
+two runs each, and their ratio, the speed-up against that release.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import pathlib
+import subprocess
+import sys
 import tempfile
 import time
 from typing import Any
@@ -86,6 +96,41 @@ def run_layout(spec: dict[str, Any]) -> dict[str, Any]:
           "peak_rss_mib": measure.peak_rss_mib()}
 
 
+def command_seconds(repo: pathlib.Path, scene_files: dict[str, Any], out: pathlib.Path,
+                    runs: int = 2) -> float:
+  """Wall seconds of `repo`'s predict.py de-clouding the scene into `out` (start-up and
+  compilation included), the fastest of `runs`."""
+  command = [sys.executable, str(repo / "predict.py"), "--cloudy", scene_files["cloudy"],
+             "--history", ",".join(scene_files["history"]), "--sar", scene_files["sar"],
+             "--out", str(out), "--overwrite", "--quiet"]
+  env = {**os.environ, "PYTHONPATH": str(repo)}
+  seconds = []
+  for _ in range(runs):
+    started = time.perf_counter()
+    subprocess.run(command, cwd=repo, env=env, check=True, stdout=subprocess.DEVNULL)
+    seconds.append(time.perf_counter() - started)
+  return min(seconds)
+
+
+def _commit(repo: pathlib.Path) -> str:
+  found = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
+                         capture_output=True, text=True)
+  return found.stdout.strip() or "unknown"
+
+
+def compare_commands(previous: pathlib.Path, scene_files: dict[str, Any],
+                     folder: pathlib.Path) -> dict[str, Any]:
+  """Today's predict.py and the `previous` release's on the same scene, one after the other."""
+  today = pathlib.Path(measure.REPO_ROOT)
+  result = {}
+  for name, repo in (("previous", previous), ("today", today)):
+    measure.log(f"predict.py of {repo} (commit {_commit(repo)})")
+    result[name] = {"repo": str(repo), "commit": _commit(repo),
+                    "seconds": command_seconds(repo, scene_files, folder / f"{name}.tif")}
+  result["speedup"] = result["previous"]["seconds"] / result["today"]["seconds"]
+  return result
+
+
 def main(argv) -> None:
   del argv
   started = time.perf_counter()
@@ -100,13 +145,16 @@ def main(argv) -> None:
               "overlap": overlap, "batch_size": batch_size}
       results.append({"layout": name, "window": window, "overlap": overlap,
                       "batch_size": batch_size, **measure.run_job("bench.scene", spec)})
+    commands = None
+    if FLAGS.previous:
+      commands = compare_commands(pathlib.Path(FLAGS.previous).resolve(), scene_files, folder)
   default = results[0]
   for row in results:
     row["default_speedup"] = row["seconds"] / default["seconds"]
   result = {"machine": measure.machine_info(), "load_average": measure.load_average(),
             "scene": {"size": FLAGS.size, "earlier_dates": FLAGS.dates,
                       "coverage": FLAGS.coverage, "sar": True},
-            "weights": "plus_sample (shipped)", "layouts": results,
+            "weights": "plus_sample (shipped)", "layouts": results, "commands": commands,
             "total_seconds": time.perf_counter() - started}
   out = pathlib.Path(FLAGS.out or pathlib.Path(measure.REPO_ROOT) / "bench" / "results"
                      / f"{measure.machine_name()}-scene.json")
@@ -118,6 +166,11 @@ def main(argv) -> None:
     print(f"| {row['layout']} | {row['windows']} | {row['seconds']:.1f} | "
           f"{row['pixels_per_second'] / 1e6:.3f} | {row['granule_minutes']:.0f} | "
           f"{row['peak_rss_mib']:.0f} | {row['default_speedup']:.2f}x |")
+  if commands:
+    print(f"\npredict.py, whole command (start-up and compilation included): today "
+          f"{commands['today']['seconds']:.1f} s, the previous release (commit "
+          f"{commands['previous']['commit']}) {commands['previous']['seconds']:.1f} s: "
+          f"{commands['speedup']:.2f}x")
   print(f"wrote {out}")
 
 
@@ -131,4 +184,6 @@ if __name__ == "__main__":
     flags.DEFINE_integer("dates", 3, "Earlier dates.", lower_bound=1, upper_bound=7)
     flags.DEFINE_float("coverage", 0.3, "Share of the cloudy date under clouds, haze, shadows.")
     flags.DEFINE_string("out", None, "JSON results; default bench/results/<machine>-scene.json.")
+    flags.DEFINE_string("previous", None, "A checkout of an earlier release: its predict.py and "
+                        "today's are timed side by side on the scene.")
     cli.run(main)

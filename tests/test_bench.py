@@ -119,3 +119,17 @@ def test_rejects_unknown_stage():
   assert completed.returncode == 1
   assert "--stages must be a non-empty subset of temporal,gan,head" in completed.stderr
   assert "matmul peak" not in completed.stderr
+
+
+def test_scene_command_is_timed_on_the_benchmark_scene(tmp_path):
+  """bench.scene's side-by-side timing runs a repository's predict.py on the scene it wrote."""
+  import rasterio
+  from bench import scene
+  files = scene.write_scene(tmp_path, 64, 1, 0.3)
+  out = tmp_path / "restored.tif"
+  seconds = scene.command_seconds(REPO_ROOT, files, out, runs=1)
+  assert seconds > 0
+  with rasterio.open(out) as restored, rasterio.open(files["cloudy"]) as cloudy:
+    assert (restored.count, restored.shape, restored.crs) == (3, (64, 64), cloudy.crs)
+    # Something was restored: the scene's clouds, haze and shadows cover 30% of it.
+    assert (restored.read() != cloudy.read()).any()
