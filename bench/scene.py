@@ -7,12 +7,13 @@ Writes a synthetic georeferenced scene (`--size` px square, `--dates` earlier da
 date under simulated clouds, haze and shadows covering `--coverage`, S1 VV), then runs
 `scene.predict_scene` on it, as `predict.py` does, once per layout of LAYOUTS, each in its own
 worker process (its own compilation, its own peak memory), one after the other in one run: the
-default (windows of at most 512 px, one per model call, the detection and the prior fitted
-per window) and the previous release's layout (64 px windows overlapping by 16, the model's crop
-size, eight per call), whose ratio to the default is the speed-up measured side by side. For each: wall seconds (after one warm-up run on
-the same scene, so compilation is not counted), pixels per second, the windows run, the time a
-10980 x 10980 Sentinel-2 granule would take at that rate, and the worker's peak resident memory.
-Prints a table; `--out` (default bench/results/<machine>-scene.json) keeps the JSON.
+default (windows of at most 512 px, one per model call, the detection and the prior fitted per
+window) and the previous release's layout (64 px windows overlapping by 16, the model's crop
+size, eight per call), whose ratio to the default is the speed-up measured side by side. For
+each: wall seconds (after one warm-up run on the same scene, so compilation is not counted),
+pixels per second, the windows run, the time a 10980 x 10980 Sentinel-2 granule would take at
+that rate, and the worker's peak resident memory. Prints a table; `--out` (default
+bench/results/<machine>-scene.json) keeps the JSON.
 
 `--previous=PATH` also times, one after the other on the same scene, the whole `predict.py`
 command of today's repository and of PATH, a checkout of an earlier release (`git worktree add

@@ -23,8 +23,9 @@ The first pass finds clouds only, with every date lending to the reference; the 
 clouds and shadows with references that leave out what the previous pass found (a cloud on one
 date makes the others look dark beside it, a shadow makes them look bright), the first pass's
 reference standing where that leaves no date, and their seeds must also pass the margin test
-against the median of every other date, matched on what the first pass left clear. Where no other date is clear, the single-date tests of Fmask on R, G, B decide
-(`bright_white`). Any mask the user gives is added to the result, never taken from it.
+against the median of every other date, matched on what the first pass left clear. Where no
+other date is clear, the single-date tests of Fmask on R, G, B decide (`bright_white`). Any mask
+the user gives is added to the result, never taken from it.
 
 Everything is JAX (jit with the settings static); four dates of 256 x 256 px take about 0.15 s
 on two CPU cores.
