@@ -107,6 +107,29 @@ def test_finds_shadows_near_clouds_only():
   assert not np.asarray(detect.detect(darkened).mask).any()
 
 
+@pytest.mark.parametrize("seed", [8, 9])
+def test_haze_over_most_of_a_date_and_its_shadow_are_found(seed):
+  """Haze over 52% of the last date bends the robust matching towards itself (a quarter of it
+  was found); the darker half's own fit shows it, and the match is refitted on the rest."""
+  series = _steady_series(seed)
+  hazy = series.copy()
+  haze = np.zeros((SIZE, SIZE), bool)
+  haze[:50] = True
+  core = np.zeros_like(haze)
+  core[5:20, 10:80] = True
+  shadow = np.zeros_like(haze)
+  shadow[60:80, 20:50] = True
+  hazy[-1][haze] = 0.6 * hazy[-1][haze] + 0.4 * 0.3
+  hazy[-1][core] = 0.8
+  hazy[-1][shadow] *= 0.6
+  found = detect.detect(hazy)
+  assert np.asarray(found.cloud)[-1][haze].mean() > 0.95
+  assert np.asarray(found.shadow)[-1][shadow].mean() > 0.9
+  assert not np.asarray(found.mask)[:-1].any()
+  # Beyond the haze, its growth and the buffer: nothing.
+  assert not np.asarray(found.mask)[-1][_far_from(haze | shadow, 16)].any()
+
+
 def test_bright_white_ground_on_every_date_is_not_cloud_and_nodata_never_is():
   series = _series(3)
   series[:, 10:30, 10:30] = 0.5  # A white roof, on every date.

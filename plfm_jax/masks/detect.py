@@ -6,8 +6,9 @@ much brighter and whiter than the other dates predict for it is cloud or haze, o
 is shadow (the multi-temporal tests of MAJA and Tmask). For every date:
 
 1. the other dates are matched to it band by band (robust gain and offset,
-   `gapfill.match_bands`, fitted on the pixels clear in both and never on bright white ones)
-   and their per-pixel median over the dates clear there is its reference;
+   `gapfill.match_bands`, fitted on the pixels clear in both and never on bright white ones;
+   where haze covers so much of it that the fit follows the haze, refitted on the rest,
+   `_clearer_match`) and their per-pixel median over the dates clear there is its reference;
 2. its 5 x 5 local means are tested against the reference's, in units of the date's robust
    residual standard deviation (at least `min_noise`). Brighter by `cloud_sigma`, with a flat
    or bluish change (blue rising at least `min_blue_share` as much as red and green: clouds and
@@ -154,8 +155,50 @@ class Reference(NamedTuple):
   exists: jax.Array
 
 
+# Haze that covers at least this share of the pixels a matching fits on bends it: the match is
+# then refitted on the rest. Set on synthetic haze; the simulated clouds of the validation
+# patches and the real sample's dates never reach it (their scores are unchanged).
+_HAZY_SHARE = 0.3
+
+
+def _clearer_match(source: jax.Array, target: jax.Array, unfit: jax.Array,
+                   matched: jax.Array) -> jax.Array:
+  """`matched` (`source` matched to `target` band by band), or `source` matched to the ground
+  of `target` that haze spares, where haze covers much of it.
+
+  A robust fit follows the majority of the pixels: where haze covers about half of the target
+  or more, the other dates are matched to the haze, or between haze and ground, and nothing
+  stands out. Haze only adds light, most in blue: refitted on the darker half of the pixels,
+  the hazy ones stand out against that fit by `cloud_sigma` with a flat or bluish change, and
+  where they hold _HAZY_SHARE of the pixels the match is fitted on all the others.
+  """
+  fit = unfit[..., 0] < 0.5
+  level = jnp.mean(target - matched, axis=-1)
+  # The median of a regular subsample, as `_noise` takes its quantile.
+  stride = max(1, level[0].size // _NOISE_SAMPLES)
+  rows = level.reshape(len(level), -1)[:, ::stride]
+  half = gapfill.masked_quantile(rows - jnp.min(rows),
+                                 fit.reshape(len(level), -1)[:, ::stride]) + jnp.min(rows)
+  darker = fit & (level <= half[:, None, None])
+  residual = target - gapfill.match_bands(source, target, (~darker)[..., None].astype(jnp.float32))
+  noise = _noise(residual, darker, DEFAULT.min_noise)
+  change = jnp.mean(residual, axis=-1) / jnp.mean(noise, axis=-1)
+  red, green, blue = residual[..., 0], residual[..., 1], residual[..., 2]
+  hazy = (fit & (change > DEFAULT.cloud_sigma)
+          & (blue >= DEFAULT.min_blue_share * jnp.maximum(red, green)))
+  share = jnp.sum(hazy, axis=(1, 2)) / jnp.maximum(jnp.sum(fit, axis=(1, 2)), 1)
+  refit = share >= _HAZY_SHARE
+
+  def refitted() -> jax.Array:
+    clear = gapfill.match_bands(source, target, (~fit | hazy)[..., None].astype(jnp.float32))
+    return jnp.where(refit[:, None, None, None], clear, matched)
+
+  # Most series have no such date: the refit is skipped.
+  return jax.lax.cond(jnp.any(refit), refitted, lambda: matched)
+
+
 def references(dates: jax.Array, masked: jax.Array,
-               unfit: jax.Array | None = None) -> Reference:
+               unfit: jax.Array | None = None, clearer: bool = False) -> Reference:
   """Each date's reference from the other dates clear at each pixel.
 
   Args:
@@ -171,6 +214,8 @@ def references(dates: jax.Array, masked: jax.Array,
   target, source = (np.array(index) for index in zip(*pairs))
   either = (unfit[source] | unfit[target])[..., None].astype(jnp.float32)
   matched = gapfill.match_bands(dates[source], dates[target], either)
+  if clearer:
+    matched = _clearer_match(dates[source], dates[target], either, matched)
   matched = matched.reshape(n, n - 1, *dates.shape[1:])
   lent = ~masked[source].reshape(n, n - 1, *dates.shape[1:3])[..., None]
   median = lambda values: jnp.nan_to_num(gapfill.nanmedian_small(
@@ -264,7 +309,7 @@ def detect(dates: jax.Array, valid: jax.Array | None = None, given: jax.Array | 
   # The first pass lends every date: a median over the others and robust matching outvote a
   # cloud in one of them. Bright white pixels are never fitted on: with many clouds on both
   # dates of a pair, the robust matching would otherwise rest on more cloud than ground.
-  first = references(dates, given | ~valid, single)
+  first = references(dates, given | ~valid, single, clearer=True)
   smoothed = _smooth(dates, settings)
   first_tests = _tests(smoothed, first, valid, given | single, settings)
   cloud = shadow = jnp.zeros(shape, bool)
