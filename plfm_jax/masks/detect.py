@@ -161,8 +161,8 @@ class Reference(NamedTuple):
 _HAZY_SHARE = 0.3
 
 
-def _clearer_match(source: jax.Array, target: jax.Array, unfit: jax.Array,
-                   matched: jax.Array) -> jax.Array:
+def _clearer_match(source: jax.Array, target: jax.Array, unfit: jax.Array, matched: jax.Array,
+                   settings: DetectionSettings) -> jax.Array:
   """`matched` (`source` matched to `target` band by band), or `source` matched to the ground
   of `target` that haze spares, where haze covers much of it.
 
@@ -181,11 +181,11 @@ def _clearer_match(source: jax.Array, target: jax.Array, unfit: jax.Array,
                                  fit.reshape(len(level), -1)[:, ::stride]) + jnp.min(rows)
   darker = fit & (level <= half[:, None, None])
   residual = target - gapfill.match_bands(source, target, (~darker)[..., None].astype(jnp.float32))
-  noise = _noise(residual, darker, DEFAULT.min_noise)
+  noise = _noise(residual, darker, settings.min_noise)
   change = jnp.mean(residual, axis=-1) / jnp.mean(noise, axis=-1)
   red, green, blue = residual[..., 0], residual[..., 1], residual[..., 2]
-  hazy = (fit & (change > DEFAULT.cloud_sigma)
-          & (blue >= DEFAULT.min_blue_share * jnp.maximum(red, green)))
+  hazy = (fit & (change > settings.cloud_sigma)
+          & (blue >= settings.min_blue_share * jnp.maximum(red, green)))
   share = jnp.sum(hazy, axis=(1, 2)) / jnp.maximum(jnp.sum(fit, axis=(1, 2)), 1)
   refit = share >= _HAZY_SHARE
 
@@ -197,14 +197,16 @@ def _clearer_match(source: jax.Array, target: jax.Array, unfit: jax.Array,
   return jax.lax.cond(jnp.any(refit), refitted, lambda: matched)
 
 
-def references(dates: jax.Array, masked: jax.Array,
-               unfit: jax.Array | None = None, clearer: bool = False) -> Reference:
+def references(dates: jax.Array, masked: jax.Array, unfit: jax.Array | None = None,
+               haze_refit: DetectionSettings | None = None) -> Reference:
   """Each date's reference from the other dates clear at each pixel.
 
   Args:
     dates: (N, H, W, 3) reflectance.
     masked: (N, H, W) bool, pixels no date may lend or fit on (clouds found so far, nodata).
     unfit: (N, H, W) bool, further pixels the matching may not fit on (but may lend).
+    haze_refit: with these settings, a matching that haze over much of a date bent is refitted
+      on the rest (`_clearer_match`); None: never.
   """
   unfit = masked if unfit is None else masked | unfit
   n = dates.shape[0]
@@ -214,8 +216,8 @@ def references(dates: jax.Array, masked: jax.Array,
   target, source = (np.array(index) for index in zip(*pairs))
   either = (unfit[source] | unfit[target])[..., None].astype(jnp.float32)
   matched = gapfill.match_bands(dates[source], dates[target], either)
-  if clearer:
-    matched = _clearer_match(dates[source], dates[target], either, matched)
+  if haze_refit is not None:
+    matched = _clearer_match(dates[source], dates[target], either, matched, haze_refit)
   matched = matched.reshape(n, n - 1, *dates.shape[1:])
   lent = ~masked[source].reshape(n, n - 1, *dates.shape[1:3])[..., None]
   median = lambda values: jnp.nan_to_num(gapfill.nanmedian_small(
@@ -309,7 +311,7 @@ def detect(dates: jax.Array, valid: jax.Array | None = None, given: jax.Array | 
   # The first pass lends every date: a median over the others and robust matching outvote a
   # cloud in one of them. Bright white pixels are never fitted on: with many clouds on both
   # dates of a pair, the robust matching would otherwise rest on more cloud than ground.
-  first = references(dates, given | ~valid, single, clearer=True)
+  first = references(dates, given | ~valid, single, haze_refit=settings)
   smoothed = _smooth(dates, settings)
   first_tests = _tests(smoothed, first, valid, given | single, settings)
   cloud = shadow = jnp.zeros(shape, bool)
