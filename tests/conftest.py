@@ -1,4 +1,4 @@
-"""Shared fixtures: the real sample (skipped when absent) and a small synthetic dataset."""
+"""Shared fixtures: the real samples (skipped when absent) and a small synthetic dataset."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import pathlib
 import struct
 import tempfile
 
+import numpy as np
 import pytest
+import tifffile
 
 from plfm_jax import hugepages
 
@@ -27,6 +29,8 @@ os.environ.update(hugepages.environment(os.environ) or {})
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SAMPLE_ROOT = pathlib.Path(
     os.environ.get("PLFM_SAMPLE_ROOT", REPO_ROOT.parent / "shared" / "data" / "plfm_sample"))
+# Real clouds and shadows (QA60 empty): tests that read it skip when it is absent.
+MULTIEARTH_ROOT = REPO_ROOT.parent / "shared" / "data" / "multiearth_sample"
 
 
 # GeoTIFF tags of a UTM zone 32N grid of 10 m pixels as GDAL writes it (scale + tiepoint), as
@@ -40,6 +44,13 @@ GEO_TAGS = [
     (34737, 2, None, "WGS 84 / UTM zone 32N|", True),
     (42113, 2, None, "0", True),
 ]
+
+def multiearth_rgb(date: str) -> np.ndarray:
+  """One MultiEarth date's B4, B3, B2 as (H, W, 3) uint16 R, G, B (reflectance x 10000)."""
+  return np.stack([tifffile.imread(MULTIEARTH_ROOT / "sent2"
+                                   / f"Sentinel2_{band}_-55.20_-4.39_{date}.tiff")
+                   for band in ("B4", "B3", "B2")], axis=-1)
+
 
 # The first zone the synthetic writer creates.
 SYNTHETIC_ZONE = "zone_1_a"

@@ -19,7 +19,7 @@ from plfm_jax.data.synthetic import synthesize_zone
 from plfm_jax.errors import InputError
 from plfm_jax.inference import scene
 
-from conftest import GEO_TAGS
+from conftest import GEO_TAGS, MULTIEARTH_ROOT, multiearth_rgb
 from tests.tiny import tiny_config, write_random_workdir
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -394,17 +394,12 @@ def test_a_clouded_earlier_date_never_leaks_into_the_output(scenes, tmp_path):
   assert np.abs(result[mask] - truth).mean() < 0.3 * truth.mean()
 
 
-MULTIEARTH = REPO_ROOT.parent / "shared" / "data" / "multiearth_sample"
-
-
 def _multiearth_stack(folder: pathlib.Path, date: str) -> pathlib.Path:
-  """One MultiEarth date's B4, B3, B2 as one R, G, B GeoTIFF."""
-  bands = [tifffile.imread(MULTIEARTH / "sent2" / f"Sentinel2_{band}_-55.20_-4.39_{date}.tiff")
-           for band in ("B4", "B3", "B2")]
-  return write(folder / f"{date}.tif", np.stack(bands, axis=-1), tags=[])
+  """One MultiEarth date's R, G, B as one GeoTIFF."""
+  return write(folder / f"{date}.tif", multiearth_rgb(date), tags=[])
 
 
-@pytest.mark.skipif(not MULTIEARTH.is_dir(), reason=f"{MULTIEARTH} not found")
+@pytest.mark.skipif(not MULTIEARTH_ROOT.is_dir(), reason=f"{MULTIEARTH_ROOT} not found")
 def test_real_clouds_and_shadows_are_found_and_restored(tmp_path):
   """MultiEarth, 2019-07-11 (one cumulus, its shadow; QA60 empty), every earlier date, no mask:
   the shipped model with the tool's detection leaves no cloud-bright pixel, and the restored area

@@ -1,13 +1,12 @@
-"""plfm_jax.masks.detect: clouds, haze and shadows found in synthetic series with known truth."""
+"""plfm_jax.masks.detect: clouds, haze and shadows found in synthetic series with known truth,
+and in the real MultiEarth sample."""
 
 from __future__ import annotations
 
-import pathlib
-
 import numpy as np
 import pytest
-import tifffile
 
+from conftest import MULTIEARTH_ROOT, multiearth_rgb
 from plfm_jax.data.clouds import simulate_clouds
 from plfm_jax.data.normalize import s2_reflectance
 from plfm_jax.data.synthetic import synthesize_zone
@@ -171,17 +170,11 @@ def test_stricter_thresholds_find_less(field):
   assert np.asarray(detect.detect(dates, settings=strict).mask).sum() < default
 
 
-MULTIEARTH = (pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
-              / "multiearth_sample" / "sent2")
-
-
 def _multiearth(date: str) -> np.ndarray:
-  return s2_reflectance(np.stack([
-      tifffile.imread(MULTIEARTH / f"Sentinel2_{band}_-55.20_-4.39_{date}.tiff")
-      for band in ("B4", "B3", "B2")], axis=-1))
+  return s2_reflectance(multiearth_rgb(date))
 
 
-@pytest.mark.skipif(not MULTIEARTH.is_dir(), reason=f"{MULTIEARTH} not found")
+@pytest.mark.skipif(not MULTIEARTH_ROOT.is_dir(), reason=f"{MULTIEARTH_ROOT} not found")
 @pytest.mark.parametrize("cloudy", ["2019_06_06", "2019_06_11"])
 def test_real_cloudy_dates_lose_their_clouds_and_shadows(cloudy):
   """MultiEarth's clouded June dates (2019-06-06: a quarter cloud and its haze) beside its three
