@@ -125,8 +125,9 @@ def compare_commands(previous: pathlib.Path, scene_files: dict[str, Any],
   today = pathlib.Path(measure.REPO_ROOT)
   result = {}
   for name, repo in (("previous", previous), ("today", today)):
-    measure.log(f"predict.py of {repo} (commit {_commit(repo)})")
-    result[name] = {"repo": str(repo), "commit": _commit(repo),
+    commit = _commit(repo)
+    measure.log(f"predict.py of {repo} (commit {commit})")
+    result[name] = {"repo": str(repo), "commit": commit,
                     "seconds": command_seconds(repo, scene_files, folder / f"{name}.tif")}
   result["speedup"] = result["previous"]["seconds"] / result["today"]["seconds"]
   return result
