@@ -114,7 +114,8 @@ def command_seconds(repo: pathlib.Path, scene_files: dict[str, Any], out: pathli
 
 
 def _commit(repo: pathlib.Path) -> str:
-  found = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
+  # "-dirty" when the checkout has uncommitted changes: the figures are not that commit's.
+  found = subprocess.run(["git", "-C", str(repo), "describe", "--always", "--dirty"],
                          capture_output=True, text=True)
   return found.stdout.strip() or "unknown"
 

@@ -139,7 +139,7 @@ def test_evaluation_in_two_processes_matches_one(tfds_dir, tmp_path):  # noqa: F
   evaluate = [sys.executable, str(REPO / "evaluate.py"), "--config",
               str(REPO / "configs/plfm.py:demo"), "--workdir", str(workdir),
               f"--config.data.tfds_dir={tfds_dir}", *TINY, "--config.batch_size=4",
-              "--split", "validation", "--overwrite", "--scenarios", "detected"]
+              "--split", "validation", "--overwrite", "--scenarios", "exact"]
   summaries = {}
   # One process with as many devices as the two together: the same samples on each device.
   for name, command, env in (("two", [*LAUNCH, "--", *evaluate], {}),
@@ -157,12 +157,12 @@ def test_evaluation_in_two_processes_matches_one(tfds_dir, tmp_path):  # noqa: F
   # The same samples in the same order; the scores to float precision (programs compiled for
   # one and for two processes round differently in the last digits).
   assert [r.split(",")[:3] for r in two_rows] == [r.split(",")[:3] for r in one_rows]
-  for method, values in one["metrics"]["detected"].items():
+  for method, values in one["metrics"]["exact"].items():
     for metric, value in values.items():
       if isinstance(value, str):  # "inf", "nan": spelled out in JSON
-        assert two["metrics"]["detected"][method][metric] == value, (method, metric)
+        assert two["metrics"]["exact"][method][metric] == value, (method, metric)
       else:
-        np.testing.assert_allclose(two["metrics"]["detected"][method][metric], value, rtol=1e-5,
+        np.testing.assert_allclose(two["metrics"]["exact"][method][metric], value, rtol=1e-5,
                                    atol=1e-6, err_msg=f"{method} {metric}")
 
 
@@ -171,7 +171,7 @@ def test_predict_in_two_processes_writes_the_scene_of_one(scenes, workdir, tmp_p
   inputs = scenes["small"]["inputs"]
   args = ["--workdir", str(workdir), "--cloudy", str(inputs.cloudy), "--history",
           ",".join(map(str, inputs.history)), "--sar", str(inputs.sar), "--cloud_mask",
-          str(inputs.cloud_mask), "--quiet", "--batch_size=4", "--window=64"]
+          str(inputs.cloud_mask), "--nodetect", "--quiet", "--batch_size=4", "--window=64"]
   predict = [sys.executable, str(REPO / "predict.py"), *args]
   two = subprocess.run([*LAUNCH, "--devices_per_process=1", "--", *predict, "--out",
                         str(tmp_path / "two.tif")], cwd=REPO, capture_output=True, text=True,

@@ -17,6 +17,7 @@ import tifffile
 from configs.plfm import get_config
 from plfm_jax import weight_files
 from plfm_jax import workdirs
+from plfm_jax.data import inputs as inputs_lib
 from plfm_jax.errors import InputError
 from plfm_jax.inference import scene
 from test_inference_scene import REPO_ROOT, run_cli
@@ -36,8 +37,10 @@ def test_exported_weights_predict_like_the_checkpoint(exported, workdir, scenes,
   from_file = scene.tile_model(exported.config, exported.variables)
   assert (from_file.tile_size, from_file.normalization) == (from_checkpoint.tile_size,
                                                             from_checkpoint.normalization)
+  # The given mask alone: the weights are under test, not the detection.
   for name, model in (("checkpoint", from_checkpoint), ("file", from_file)):
-    scene.predict_scene(inputs, tmp_path / f"{name}.tif", model, progress=False)
+    scene.predict_scene(inputs, tmp_path / f"{name}.tif", model, masking=inputs_lib.EXACT,
+                        progress=False)
   np.testing.assert_array_equal(tifffile.imread(tmp_path / "file.tif"),
                                 tifffile.imread(tmp_path / "checkpoint.tif"))
 
