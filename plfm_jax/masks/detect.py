@@ -209,8 +209,8 @@ def _clearer_match(source: jax.Array, target: jax.Array, unfit: jax.Array, match
   refit = share >= _HAZY_SHARE
 
   def refitted() -> jax.Array:
-    clear = ~fit | _hazy(source, target, fit, matched, settings)
-    clear = gapfill.match_bands(source, target, clear[..., None].astype(jnp.float32))
+    spared = ~fit | _hazy(source, target, fit, matched, settings)
+    clear = gapfill.match_bands(source, target, spared[..., None].astype(jnp.float32))
     return jnp.where(refit[:, None, None, None], clear, matched)
 
   # Most series have no such date: the refit is skipped.
