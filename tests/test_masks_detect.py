@@ -129,6 +129,21 @@ def test_haze_over_most_of_a_date_and_its_shadow_are_found(seed):
   assert not np.asarray(found.mask)[-1][_far_from(haze | shadow, 16)].any()
 
 
+@pytest.mark.parametrize("dates, hazy_date", [(4, 1), (2, 0)])
+def test_haze_over_most_of_an_earlier_date_is_found_there_and_nowhere_else(dates, hazy_date):
+  """The hazy date also lends to the others' references: its haze must not make them refit
+  their matching onto it, and so look cloudy where it is clear (with two dates, no median
+  outvotes it)."""
+  series = _steady_series(8)[-dates:].copy()
+  haze = np.zeros((SIZE, SIZE), bool)
+  haze[:50] = True
+  series[hazy_date][haze] = 0.6 * series[hazy_date][haze] + 0.4 * 0.3
+  found = np.asarray(detect.detect(series).mask)
+  assert found[hazy_date][haze].mean() > 0.95
+  assert not found[hazy_date][_far_from(haze, 16)].any()
+  assert not np.delete(found, hazy_date, axis=0).any()
+
+
 def test_bright_white_ground_on_every_date_is_not_cloud_and_nodata_never_is():
   series = _series(3)
   series[:, 10:30, 10:30] = 0.5  # A white roof, on every date.
