@@ -307,3 +307,19 @@ def test_fill_history_follows_a_change_that_mixes_the_bands():
   np.testing.assert_allclose(filled[0, 2][clouded], latest[0][clouded], atol=1e-4)
   per_band = np.asarray(gapfill.match_bands(first, latest, mask[:, 2]))
   assert np.abs(per_band[0][clouded] - latest[0][clouded]).max() > 1e-2
+
+
+def test_a_fit_with_a_gain_beyond_the_bound_falls_back(monkeypatch):
+  """A near-singular regression (gains of 1e25 made a mostly clouded window white) is not used:
+  the simpler method stands in. Here the bound is lowered below a true gain to see it act."""
+  rng = np.random.default_rng(0)
+  history = rng.uniform(0.05, 0.3, (1, 2, 32, 32, 3)).astype(np.float32)
+  cloudy = 0.5 * history[:, 0] + 0.3 * history[:, 1] + 0.02
+  mask = np.zeros((1, 32, 32, 1), np.float32)
+  mask[:, 8:16, 8:16] = 1
+  cloud = mask[..., 0] > 0
+  fitted = np.asarray(gapfill.matched_regression(history, cloudy, mask))
+  np.testing.assert_allclose(fitted[cloud], cloudy[cloud], atol=1e-4)
+  monkeypatch.setattr(gapfill, "_MAX_GAIN", 0.4)
+  np.testing.assert_array_equal(np.asarray(gapfill.matched_regression(history, cloudy, mask)),
+                                np.asarray(gapfill.temporal_mean(history, cloudy, mask)))

@@ -37,6 +37,11 @@ MIN_CLEAR_PER_COEFFICIENT = 8
 # Ridge on the features' covariance, relative to its mean diagonal: keeps the solve finite for
 # constant or collinear features while changing a well-posed fit by about this fraction.
 _RIDGE = 1e-6
+# A regression with a gain beyond this is not used: summing features of up to 0.2 reflectance
+# with such gains in float32 loses about 1e-3 reflectance to rounding, and only a near-singular
+# fit gets there (the multi-scale fits of the real sample stay below 5e3; one under a window
+# 84% clouded reached 8e25 and made its clouds white).
+_MAX_GAIN = 5e4
 # Radii in pixels (windows of 3, 9, 33 and 129 px) of the box filters that split each earlier date
 # into frequency bands for `matched_multiscale`: the split with the best validation score among
 # those of scripts/prior_selection.py (docs/results.md).
@@ -350,14 +355,16 @@ def _regressed(features: jax.Array, cloudy: jax.Array, cloud_mask: jax.Array,
                fallback: jax.Array, robust: bool) -> jax.Array:
   """Each band of `cloudy` as a linear function of (B, H, W, F) `features`, fitted on the clear
   pixels and applied everywhere; `fallback` where the fit rests on fewer than
-  MIN_CLEAR_PER_COEFFICIENT pixels per coefficient. Clipped to [0, 1]."""
+  MIN_CLEAR_PER_COEFFICIENT pixels per coefficient or a gain is beyond _MAX_GAIN (or not
+  finite). Clipped to [0, 1]."""
   b, h, w, f = features.shape
   c = cloudy.shape[-1]
   features = features.reshape(b, h * w, f)
   gain, offset, support = _fit(features, jnp.asarray(cloudy, jnp.float32).reshape(b, h * w, c),
                                _clear_weights(cloud_mask), robust)
   fitted = (jnp.einsum("bnf,bfc->bnc", features, gain) + offset[:, None]).reshape(b, h, w, c)
-  reliable = support >= MIN_CLEAR_PER_COEFFICIENT * (f + 1)
+  reliable = ((support >= MIN_CLEAR_PER_COEFFICIENT * (f + 1))
+              & jnp.all(jnp.abs(gain) <= _MAX_GAIN, axis=(1, 2)))
   return jnp.clip(jnp.where(reliable[:, None, None, None], fitted, fallback), 0.0, 1.0)
 
 
