@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 import subprocess
 import sys
 
@@ -15,13 +14,10 @@ import tifffile
 
 from test_inference_scene import assert_same_grid
 from test_inference_scene import scenes, workdir  # noqa: F401  (fixtures, used by name)
+from test_multiprocess_training import FOUR_DEVICES, LAUNCH, REPO
 from test_trainer import TINY
 from test_trainer import tfds_dir  # noqa: F401  (a fixture, used by name)
 from tests.tiny import tiny_config, write_random_workdir
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-LAUNCH = [sys.executable, str(REPO / "scripts" / "launch_local.py")]
-FOUR_DEVICES = "--xla_force_host_platform_device_count=4"
 
 
 @pytest.mark.slow

@@ -163,11 +163,11 @@ class Reference(NamedTuple):
 _HAZY_SHARE = 0.3
 
 
-def _subsample(image: jax.Array) -> jax.Array:
-  """(P, H, W, C) -> (P, M, 1, C): a regular subsample of at least _NOISE_SAMPLES pixels of
-  each image, as an image one pixel wide."""
-  p, h, w, c = image.shape
-  return image.reshape(p, h * w, c)[:, ::max(1, h * w // _NOISE_SAMPLES), None]
+def _sampled(images: jax.Array) -> jax.Array:
+  """(P, H, W, ...) -> (P, M, ...): a regular subsample of at least _NOISE_SAMPLES of each
+  image's pixels."""
+  p, h, w = images.shape[:3]
+  return images.reshape(p, h * w, *images.shape[3:])[:, ::max(1, h * w // _NOISE_SAMPLES)]
 
 
 def _hazy(source: jax.Array, target: jax.Array, fit: jax.Array, matched: jax.Array,
@@ -176,10 +176,8 @@ def _hazy(source: jax.Array, target: jax.Array, fit: jax.Array, matched: jax.Arr
   darker half of `target`'s fit pixels (see `_clearer_match`)."""
   level = jnp.mean(target - matched, axis=-1)
   # The median of a regular subsample, as `_noise` takes its quantile.
-  stride = max(1, level[0].size // _NOISE_SAMPLES)
-  rows = level.reshape(len(level), -1)[:, ::stride]
-  half = gapfill.masked_quantile(rows - jnp.min(rows),
-                                 fit.reshape(len(level), -1)[:, ::stride]) + jnp.min(rows)
+  rows = _sampled(level)
+  half = gapfill.masked_quantile(rows - jnp.min(rows), _sampled(fit)) + jnp.min(rows)
   darker = fit & (level <= half[:, None, None])
   residual = target - gapfill.match_bands(source, target, (~darker)[..., None].astype(jnp.float32))
   noise = _noise(residual, darker, settings.min_noise)
@@ -199,14 +197,16 @@ def _clearer_match(source: jax.Array, target: jax.Array, unfit: jax.Array, match
   stands out. Haze only adds light, most in blue: refitted on the darker half of the pixels,
   the hazy ones stand out against that fit by `cloud_sigma` with a flat or bluish change, and
   where they hold _HAZY_SHARE of the pixels the match is fitted on all the others. Whether they
-  do is decided on a subsample (`_subsample`); the full images are tested only to refit.
+  do is decided on a subsample (`_sampled`, as images one pixel wide); the full images are
+  tested only to refit.
   """
   fit = unfit[..., 0] < 0.5
-  sampled_fit = _subsample(unfit)[..., 0] < 0.5
-  hazy = _hazy(_subsample(source), _subsample(target), sampled_fit, _subsample(matched),
-               settings)
+  column = lambda images: _sampled(images)[:, :, None]
+  sampled_fit = column(unfit)[..., 0] < 0.5
+  hazy = _hazy(column(source), column(target), sampled_fit, column(matched), settings)
   share = jnp.sum(hazy, axis=(1, 2)) / jnp.maximum(jnp.sum(sampled_fit, axis=(1, 2)), 1)
   refit = share >= _HAZY_SHARE
+  any_refit = jnp.any(refit)
 
   def refitted() -> jax.Array:
     spared = ~fit | _hazy(source, target, fit, matched, settings)
@@ -214,7 +214,7 @@ def _clearer_match(source: jax.Array, target: jax.Array, unfit: jax.Array, match
     return jnp.where(refit[:, None, None, None], clear, matched)
 
   # Most series have no such date: the refit is skipped.
-  return jax.lax.cond(jnp.any(refit), refitted, lambda: matched), jnp.any(refit)
+  return jax.lax.cond(any_refit, refitted, lambda: matched), any_refit
 
 
 def references(dates: jax.Array, masked: jax.Array, unfit: jax.Array | None = None,
@@ -253,9 +253,8 @@ def _noise(residual: jax.Array, usable: jax.Array, floor: float) -> jax.Array:
   median, it holds while up to three quarters of a date are cloud and shadow not yet found.
   Estimated on a regular subsample of at least _NOISE_SAMPLES pixels per date."""
   n = residual.shape[0]
-  stride = max(1, residual[0, ..., 0].size // _NOISE_SAMPLES)
-  rows = jnp.moveaxis(jnp.abs(residual).reshape(n, -1, 3)[:, ::stride], -1, 1).reshape(3 * n, -1)
-  included = jnp.repeat(usable.reshape(n, -1)[:, ::stride], 3, axis=0)
+  rows = jnp.moveaxis(_sampled(jnp.abs(residual)), -1, 1).reshape(3 * n, -1)
+  included = jnp.repeat(_sampled(usable), 3, axis=0)
   std = gapfill.masked_quantile(rows, included, 0.25) / _QUARTILE_OF_ABS_GAUSSIAN
   return jnp.maximum(std, floor).reshape(n, 1, 1, 3)
 
@@ -369,8 +368,7 @@ def detect(dates: jax.Array, valid: jax.Array | None = None, given: jax.Array | 
   # estimate the same noise: they find the same clouds (none), and no shadow without a cloud.
   # Clear windows of a scene skip them.
   anything = jnp.any(cloud) | jnp.any(single & valid) | first.refitted
-  cloud, shadow = (jax.lax.cond(anything, later_passes, lambda c: (c, jnp.zeros(shape, bool)),
-                                cloud)
-                   if settings.passes > 1 else (cloud, jnp.zeros(shape, bool)))
+  cloud, shadow = jax.lax.cond(anything, later_passes,
+                               lambda cloud: (cloud, jnp.zeros(shape, bool)), cloud)
   mask = _window_max(cloud | shadow | given, settings.buffer) & valid
   return Detection(cloud=cloud, shadow=shadow, mask=mask)
