@@ -12,14 +12,17 @@ window) and the previous release's layout (64 px windows overlapping by 16, the 
 size, eight per call), whose ratio to the default is the speed-up measured side by side. For
 each: wall seconds (after one warm-up run on the same scene, so compilation is not counted),
 pixels per second, the windows run, the time a 10980 x 10980 Sentinel-2 granule would take at
-that rate, and the worker's peak resident memory. Prints a table; `--out` (default
-bench/results/<machine>-scene.json) keeps the JSON.
+that rate, the worker's peak resident memory, and what it restored: the cloud-area PSNR of the
+output against the scene's cloud-free truth, in reflectance, over every pixel the clouds, their
+haze and shadows changed (the footprint the study scores, `docs/results.md`). Prints a table;
+`--out` (default bench/results/<machine>-scene.json) keeps the JSON.
 
 `--previous=PATH` also times, one after the other on the same scene, the whole `predict.py`
 command of today's repository and of PATH, a checkout of an earlier release (`git worktree add
 PATH <commit>`; run with this interpreter and PATH first on PYTHONPATH, so its dependencies
 must be today's): wall seconds a user waits, start-up and compilation included, the faster of
-two runs each, and their ratio, the speed-up against that release.
+two runs each, and their ratio, the speed-up against that release; and each output's
+cloud-area PSNR.
 """
 
 from __future__ import annotations
@@ -55,8 +58,10 @@ def write_scene(folder: pathlib.Path, size: int, dates: int, coverage: float) ->
   rng = np.random.default_rng(0)
   months = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug")[:dates + 1]
   s2, s1 = next(synthesize_zone(rng, 1, image_size=size, months=months))
-  cloudy, _, _ = simulate_clouds(s2_reflectance(s2[-1]), rng, coverage=coverage,
-                                 haze_margin=0.1)
+  truth = s2_reflectance(s2[-1])
+  cloudy, footprint, _ = simulate_clouds(truth, rng, coverage=coverage, haze_margin=0.1)
+  np.save(folder / "truth.npy", truth.astype(np.float32))
+  np.save(folder / "footprint.npy", np.asarray(footprint, bool))
   profile = dict(driver="GTiff", height=size, width=size, crs="EPSG:32632",
                  transform=from_origin(399960.0, 5000040.0, 10.0, 10.0), tiled=True)
 
@@ -67,9 +72,21 @@ def write_scene(folder: pathlib.Path, size: int, dates: int, coverage: float) ->
       dst.write(np.moveaxis(image, -1, 0))
     return str(path)
 
-  return {"cloudy": write("cloudy.tif", np.rint(cloudy * 10000).astype(np.uint16)),
+  return {"truth": str(folder / "truth.npy"), "footprint": str(folder / "footprint.npy"),
+          "cloudy": write("cloudy.tif", np.rint(cloudy * 10000).astype(np.uint16)),
           "history": [write(f"date_{t}.tif", s2[t]) for t in range(dates)],
           "sar": write("vv.tif", s1[-1].astype(np.float32))}
+
+
+def cloud_psnr(output: pathlib.Path, truth: str, footprint: str) -> float:
+  """PSNR (dB, data range 1) of an output GeoTIFF against the truth in reflectance over the
+  footprint the clouds, their haze and shadows changed."""
+  from plfm_jax.data.normalize import REFLECTANCE_SCALE
+  with rasterio.open(output) as src:
+    restored = np.moveaxis(src.read(), 0, -1).astype(np.float32) / REFLECTANCE_SCALE
+  changed = np.load(footprint)
+  error = np.mean(np.square(restored - np.load(truth)), axis=-1)[changed]
+  return float(10 * np.log10(1 / np.mean(error)))
 
 
 def run_layout(spec: dict[str, Any]) -> dict[str, Any]:
@@ -93,6 +110,7 @@ def run_layout(spec: dict[str, Any]) -> dict[str, Any]:
   pixels = report.height * report.width
   return {"seconds": seconds, "pixels_per_second": pixels / seconds, "windows": report.windows,
           "restored_fraction": report.cloud_fraction,
+          "psnr_cloud": cloud_psnr(out, spec["truth"], spec["footprint"]),
           "granule_minutes": GRANULE**2 / (pixels / seconds) / 60,
           "peak_rss_mib": measure.peak_rss_mib()}
 
@@ -128,8 +146,11 @@ def compare_commands(previous: pathlib.Path, scene_files: dict[str, Any],
   for name, repo in (("previous", previous), ("today", today)):
     commit = _commit(repo)
     measure.log(f"predict.py of {repo} (commit {commit})")
+    out = folder / f"{name}.tif"
     result[name] = {"repo": str(repo), "commit": commit,
-                    "seconds": command_seconds(repo, scene_files, folder / f"{name}.tif")}
+                    "seconds": command_seconds(repo, scene_files, out),
+                    "psnr_cloud": cloud_psnr(out, scene_files["truth"],
+                                             scene_files["footprint"])}
   result["speedup"] = result["previous"]["seconds"] / result["today"]["seconds"]
   return result
 
@@ -164,16 +185,18 @@ def main(argv) -> None:
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(result, indent=1) + "\n")
   print(f"| layout | windows run | seconds | Mpx/s | granule (min) | peak RSS (MiB) | "
-        f"default's speed-up |\n|---|---:|---:|---:|---:|---:|---:|")
+        f"default's speed-up | PSNR cloud (dB) |\n|---|---:|---:|---:|---:|---:|---:|---:|")
   for row in results:
     print(f"| {row['layout']} | {row['windows']} | {row['seconds']:.1f} | "
           f"{row['pixels_per_second'] / 1e6:.3f} | {row['granule_minutes']:.0f} | "
-          f"{row['peak_rss_mib']:.0f} | {row['default_speedup']:.2f}x |")
+          f"{row['peak_rss_mib']:.0f} | {row['default_speedup']:.2f}x | "
+          f"{row['psnr_cloud']:.2f} |")
   if commands:
     print(f"\npredict.py, whole command (start-up and compilation included): today "
           f"{commands['today']['seconds']:.1f} s, the previous release (commit "
           f"{commands['previous']['commit']}) {commands['previous']['seconds']:.1f} s: "
-          f"{commands['speedup']:.2f}x")
+          f"{commands['speedup']:.2f}x; PSNR cloud {commands['today']['psnr_cloud']:.2f} dB "
+          f"against {commands['previous']['psnr_cloud']:.2f} dB")
   print(f"wrote {out}")
 
 

@@ -6,9 +6,10 @@ Each RUN is a `scripts/real_sample_results.py` workdir (its saved config and its
 On that run's `validation` split only (the held-out patches of its training zones, with the
 evaluation's simulated clouds), every candidate of CANDIDATES fills the clouds and is scored by
 cloud-area PSNR and SSIM in reflectance. The choice: the candidate with the highest PSNR
-averaged over the runs. Prints a Markdown table and the choice; `--out` also keeps the numbers as
-JSON, {run folder name: {candidate: {"psnr_cloud": .., "ssim_cloud": ..}}}. The test split is
-never read.
+averaged over the runs. Beside them, not chosen from, GUARD_ABLATION: the prior with each of its
+guards (`gapfill.GUARDS`) left out in turn. Prints Markdown tables and the choice; `--out` also
+keeps the numbers as JSON, {run folder name: {candidate: {"psnr_cloud": .., "ssim_cloud": ..}}}.
+The test split is never read.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import pathlib
+from typing import Iterable
 
 import jax
 import numpy as np
@@ -40,11 +42,25 @@ CANDIDATES = {
        for radii in ((1, 4), (2, 8), (1, 4, 16), (1, 2, 4, 8, 16), (1, 4, 16, 64))},
 }
 
+# The prior (MULTISCALE_RADII) with every guard, with each left out in turn, and with none.
+GUARD_ABLATION = {
+    "all guards": gapfill.GUARDS,
+    **{f"without {left_out}": tuple(g for g in gapfill.GUARDS if g != left_out)
+       for left_out in gapfill.GUARDS},
+    "no guards": (),
+}
 
-def _method(radii: tuple[int, ...] | None) -> gapfill.GapFill:
+
+def _method(radii: tuple[int, ...] | None,
+            guards: tuple[str, ...] = gapfill.GUARDS) -> gapfill.GapFill:
   if radii is None:
     return gapfill.matched_regression
-  return functools.partial(gapfill.matched_multiscale, radii=radii)
+  return functools.partial(gapfill.matched_multiscale, radii=radii, guards=guards)
+
+
+METHODS = {**{name: _method(radii) for name, radii in CANDIDATES.items()},
+           **{name: _method(gapfill.MULTISCALE_RADII, guards)
+              for name, guards in GUARD_ABLATION.items()}}
 
 
 def scores(workdir: pathlib.Path) -> dict[str, dict[str, float]]:
@@ -58,8 +74,8 @@ def scores(workdir: pathlib.Path) -> dict[str, dict[str, float]]:
   @jax.jit
   def batch_scores(batch):
     out = {}
-    for name, radii in CANDIDATES.items():
-      image = _method(radii)(batch["history"], batch["cloudy"], batch["cloud_mask"])
+    for name, method in METHODS.items():
+      image = method(batch["history"], batch["cloudy"], batch["cloud_mask"])
       found = metrics.standard_metrics(image, batch["target"], batch["cloud_mask"])
       out[name] = {k: found[k] for k in ("psnr_cloud", "ssim_cloud")}
     return out
@@ -81,13 +97,15 @@ def choice(results: dict[str, dict[str, dict[str, float]]]) -> str:
                                                     for run in results.values()]))
 
 
-def markdown(results: dict[str, dict[str, dict[str, float]]]) -> str:
-  """Candidates as rows, each run's validation PSNR / SSIM as columns; the best in bold."""
+def markdown(results: dict[str, dict[str, dict[str, float]]],
+             names: Iterable[str] = tuple(CANDIDATES)) -> str:
+  """The candidates `names` as rows, each run's validation PSNR / SSIM as columns; the best in
+  bold."""
   columns = [(f"{metric} {run}", f"{run}: {name}", digits) for run in results
              for metric, name, digits in (("psnr_cloud", "PSNR cloud", 2),
                                           ("ssim_cloud", "SSIM cloud", 4))]
   means = {name: {f"{metric} {run}": found[name][metric] for run, found in results.items()
-                  for metric in ("psnr_cloud", "ssim_cloud")} for name in CANDIDATES}
+                  for metric in ("psnr_cloud", "ssim_cloud")} for name in names}
   return report.markdown_table(means, {}, columns)
 
 
@@ -98,6 +116,7 @@ def main(argv: list[str]) -> None:
   if FLAGS.out:
     pathlib.Path(FLAGS.out).write_text(json.dumps(results, indent=1) + "\n")
   print(markdown(results))
+  print(f"\n{markdown(results, GUARD_ABLATION)}")
   print(f"\nchosen (highest mean validation PSNR): {choice(results)}")
 
 

@@ -325,6 +325,16 @@ the split with the highest cloud-area PSNR averaged over both is `plus`'s prior:
 The test zones are not read.
 
 {prior_selection.markdown(by_zone)}
+
+The multi-scale regression's guards (`gapfill.GUARDS`), each left out in turn on the same
+patches: "haze" (clear pixels off the single-scale fit by the same sign in every band lose
+weight), "choice" (the single-scale regression where the multi-scale one predicts held-out
+blocks of clear pixels no better) and "extrapolation" (the single-scale regression where a
+pixel's features lie far outside the clear pixels'). They guard against failures of real
+windows (broad haze no mask caught, ground that is all under the clouds) that these patches
+rarely show; docs/predict.md has what they do on the benchmark scene.
+
+{prior_selection.markdown(by_zone, prior_selection.GUARD_ABLATION)}
 """
 
 
@@ -399,7 +409,9 @@ settings below); the test zone influences nothing before its evaluation.
   clear (matched persistence, matched temporal mean).
   Two stronger references go further: every band of every earlier date as regressors (matched
   regression), and the same with every date split into spatial frequency bands, each with gains
-  of its own (matched multi-scale regression, the prior `plus` starts from).
+  of its own (matched multi-scale regression, the prior `plus` starts from; guarded by the
+  single-scale one against broad haze no mask caught, gains that predict held-out clear pixels no
+  better, and ground unlike any clear pixel's: `gapfill.GUARDS`, docs/predict.md).
 - Models: CPU-sized (`configs/plfm.py:small,<variant>`: 64 px crops, widths 16, at most
   {any_run['config']['train']['num_epochs']} epochs of {any_run['config']['train']['steps_per_epoch']}
   steps per stage); a `plus` run takes at most {plus_minutes:.0f} minutes on 2 CPU cores.

@@ -133,3 +133,6 @@ def test_scene_command_is_timed_on_the_benchmark_scene(tmp_path):
     assert (restored.count, restored.shape, restored.crs) == (3, (64, 64), cloudy.crs)
     # Something was restored: the scene's clouds, haze and shadows cover 30% of it.
     assert (restored.read() != cloudy.read()).any()
+  # Closer to the scene's truth under its clouds than the cloudy input is.
+  psnr = lambda path: scene.cloud_psnr(path, files["truth"], files["footprint"])
+  assert psnr(out) > psnr(files["cloudy"]) + 3

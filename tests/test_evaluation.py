@@ -184,9 +184,9 @@ def test_same_samples_and_clouds_for_any_batch_size_and_devices(trained, cli_out
                                                              rel=rel), method
       # The model's calibration (a fact of the sample, on every method's row), written with 4
       # decimals: a least-squares output like the model's, within the model's tolerance or
-      # one unit of its last digit.
+      # one unit of its last digit (1.5e-4: 0.0047 - 0.0046 is a hair above 1e-4 in floats).
       assert float(a["temporal_calibration"]) == pytest.approx(
-          float(b["temporal_calibration"]), rel=5e-3, abs=1e-4)
+          float(b["temporal_calibration"]), rel=5e-3, abs=1.5e-4)
 
   # --overwrite replaces the folder as a whole: no file of the previous run survives.
   evaluation.run_evaluation(config(tfds_dir, batch_size=4), workdir, split=f"test[:{NUM_TEST}]",

@@ -92,8 +92,9 @@ def test_box_mean_and_frequency_bands_against_numpy():
 
 def test_matched_multiscale_equals_numpy_least_squares():
   data = series(8, size=32)
+  # Without its guards, which may put the single-scale regression in its place.
   out = np.asarray(gapfill.matched_multiscale(data["history"], data["cloudy"],
-                                              data["cloud_mask"], robust=False))
+                                              data["cloud_mask"], robust=False, guards=()))
   for i in range(2):
     clear = (data["cloud_mask"][i, ..., 0] == 0).ravel()
     dates = np.concatenate(list(data["history"][i]), axis=-1).astype(np.float64)
@@ -323,3 +324,74 @@ def test_a_fit_with_a_gain_beyond_the_bound_falls_back(monkeypatch):
   monkeypatch.setattr(gapfill, "_MAX_GAIN", 0.4)
   np.testing.assert_array_equal(np.asarray(gapfill.matched_regression(history, cloudy, mask)),
                                 np.asarray(gapfill.temporal_mean(history, cloudy, mask)))
+
+
+def _smooth_scene(seed: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+  """(history (1, 3, size, size, 3), truth (1, size, size, 3)): dates of texture and broad
+  structure, and a date that is a single-scale linear function of them plus noise."""
+  rng = np.random.default_rng(seed)
+  broad = np.stack([np.asarray(gapfill.box_mean(rng.normal(size=(1, size, size, 3)), 8))
+                    for _ in range(3)], axis=1)
+  history = (0.12 + 0.03 * rng.normal(size=broad.shape) + 0.5 * broad).astype(np.float32)
+  truth = (0.02 + 0.7 * history[:, -1] + 0.3 * history[:, 0]
+           + 0.005 * rng.normal(size=(1, size, size, 3))).astype(np.float32)
+  return history, truth
+
+
+def test_the_haze_guard_takes_weight_from_one_signed_excess_only():
+  """Clear pixels brighter than the single-scale fit in every band (haze no mask caught) lose
+  their weight in the multi-scale fit; a change of colour (one band up, another down) and plain
+  noise keep theirs."""
+  history, truth = _smooth_scene(5, 64)
+  mask = np.zeros((1, 64, 64, 1), np.float32)
+  mask[:, :8, :8] = 1
+  cloudy = truth.copy()
+  cloudy[:, 20:36, 20:36] += 0.05                       # haze
+  cloudy[:, 40:56, 40:56] += np.array([0.05, -0.05, 0.0], np.float32)  # a change of colour
+  cloudy = np.where(mask > 0, 0.8, cloudy).astype(np.float32)
+  simple = gapfill.matched_regression(history, cloudy, mask)
+  weights = np.asarray(gapfill._haze_weights(cloudy, simple, mask))[0, ..., 0]
+  assert weights[:8, :8].max() == 0                     # masked
+  assert weights[23:33, 23:33].max() < 0.05             # haze
+  assert weights[43:53, 43:53].min() > 0.5              # colour change
+  assert np.median(weights[8:, 56:]) > 0.9              # the rest
+
+
+def test_the_extrapolation_guard_hands_unseen_ground_to_the_single_scale_fit():
+  """Under the cloud lies ground whose earlier dates are unlike any clear pixel's: there the
+  multi-scale regression, with its many gains, gives way to the single-scale one; elsewhere
+  it stays."""
+  history, truth = _smooth_scene(6, 64)
+  mask = np.zeros((1, 64, 64, 1), np.float32)
+  mask[:, 16:48, 16:48] = 1
+  history[:, :, 24:40, 24:40] += np.array([0.4, 0.1, -0.1], np.float32)  # unseen ground
+  cloudy = np.where(mask > 0, 0.8, truth).astype(np.float32)
+  guarded = np.asarray(gapfill.matched_multiscale(history, cloudy, mask,
+                                                  guards=("extrapolation",)))
+  plain = np.asarray(gapfill.matched_multiscale(history, cloudy, mask, guards=()))
+  simple = np.asarray(gapfill.matched_regression(history, cloudy, mask))
+  np.testing.assert_allclose(guarded[:, 28:36, 28:36], simple[:, 28:36, 28:36], atol=1e-6)
+  assert np.abs(plain - simple)[:, 28:36, 28:36].max() > 1e-3
+  np.testing.assert_allclose(guarded[:, :8], plain[:, :8], atol=1e-6)
+
+
+def test_the_choice_guard_keeps_the_single_scale_fit_where_more_gains_only_fit_noise():
+  """A date that is a single-scale function of its earlier dates plus noise: the multi-scale
+  regression predicts held-out blocks no better, so the single-scale one is used (where the
+  scales do differ, the multi-scale one stays: test_matched_multiscale_restores_...)."""
+  history, truth = _smooth_scene(7, 64)
+  mask = np.zeros((1, 64, 64, 1), np.float32)
+  mask[:, 20:40, 20:40] = 1
+  cloudy = np.where(mask > 0, 0.8, truth).astype(np.float32)
+  chosen = np.asarray(gapfill.matched_multiscale(history, cloudy, mask, guards=("choice",)))
+  plain = np.asarray(gapfill.matched_multiscale(history, cloudy, mask, guards=()))
+  simple = np.asarray(gapfill.matched_regression(history, cloudy, mask))
+  np.testing.assert_array_equal(chosen, simple)
+  assert np.abs(plain - simple).max() > 1e-4
+
+
+def test_unknown_guards_are_refused():
+  data = series()
+  with pytest.raises(ValueError, match="unknown guards"):
+    gapfill.matched_multiscale(data["history"], data["cloudy"], data["cloud_mask"],
+                               guards=("hazes",))

@@ -19,6 +19,14 @@ Real masks miss haze, thin cloud and shadows, and an earlier date can hold cloud
 by default every fit is robust (`robust_linear_fit`): iteratively reweighted least squares that
 gives pixels far off the fit less weight (Huber) and then none (Tukey), so that the pixels no mask
 caught do not bend it. `fill_history` fills each earlier date's clouds from the other dates.
+
+The multi-scale regression's many gains fail on real windows in ways a robust fit does not
+catch, so it is guarded (GUARDS) by the single-scale regression: broad haze or shadow that no
+mask caught is one-signed in every band against the single-scale fit and loses its weight (the
+coarse scales would otherwise fit it as ground and paint it under the clouds); where the
+multi-scale fit predicts held-out blocks of clear pixels no better, the single-scale one is
+used; and where ground under the clouds looks like no clear pixel, the single-scale fit takes
+over from the many gains that would extrapolate there.
 """
 
 from __future__ import annotations
@@ -42,6 +50,27 @@ _RIDGE = 1e-6
 # fit gets there (the multi-scale fits of the real sample stay below 5e3; one under a window
 # 84% clouded reached 8e25 and made its clouds white).
 _MAX_GAIN = 5e4
+# The multi-scale regression's guards (`matched_multiscale`), each a way its many coefficients fail
+# on real windows: "haze" (clear pixels whose residual against the single-scale regression is of
+# one sign in every band lose weight: broad haze or shadow that no mask caught, which the coarse
+# scales would otherwise fit as if it were ground), "choice" (the single-scale regression where
+# the multi-scale one predicts held-out blocks of clear pixels no better) and "extrapolation"
+# (the single-scale regression where a pixel's features lie far outside those of the clear
+# pixels: ground that is all under the clouds, where more gains extrapolate further).
+GUARDS = ("haze", "choice", "extrapolation")
+# "haze": the one-signed excess over the single-scale fit, in robust standard deviations and
+# averaged over this radius, at which a clear pixel's weight falls to 0 (Tukey's biweight).
+HAZE_SIGMA = 3.0
+HAZE_RADIUS = 2
+# "choice": side of the blocks of a two-fold checkerboard split of the clear pixels (at most a
+# quarter of the image's shorter side), and the squared error, in robust standard deviations,
+# beyond which a held-out pixel counts alike (pixels no mask caught must not decide).
+CHOICE_BLOCK = 64
+CHOICE_CLIP = 3.0
+# "extrapolation": squared Mahalanobis distance per feature from the clear pixels' features at
+# which the single-scale regression starts to take over, and where it has taken over (the mean
+# over the clear pixels themselves is 1).
+EXTRAPOLATION_RANGE = (3.0, 10.0)
 # Radii in pixels (windows of 3, 9, 33 and 129 px) of the box filters that split each earlier date
 # into frequency bands for `matched_multiscale`: the split with the best validation score among
 # those of scripts/prior_selection.py (docs/results.md).
@@ -437,20 +466,98 @@ def frequency_bands(images: jax.Array, radii: tuple[int, ...] = MULTISCALE_RADII
   return jnp.concatenate([*bands, finer], axis=-1)
 
 
+def _haze_weights(cloudy: jax.Array, simple: jax.Array, cloud_mask: jax.Array) -> jax.Array:
+  """(B, H, W, 1) fit weights for the "haze" guard: 1 on clear pixels, less where the residual
+  against `simple` is of one sign in every band (brighter in all: haze; darker in all: shadow)."""
+  b, c = cloudy.shape[0], cloudy.shape[-1]
+  clear = 1.0 - jnp.asarray(cloud_mask, jnp.float32)
+  residual = cloudy - simple
+  z = residual / robust_std(residual.reshape(b, -1, c), clear.reshape(b, -1))[:, None]
+  excess = (jnp.clip(jnp.min(z, axis=-1, keepdims=True), 0.0, None)
+            - jnp.clip(jnp.max(z, axis=-1, keepdims=True), None, 0.0))
+  # Averaged over the clear pixels around: the masked ones are off the fit by far more.
+  excess = box_mean(excess * clear, HAZE_RADIUS) / jnp.maximum(box_mean(clear, HAZE_RADIUS), 1e-6)
+  return clear * jnp.square(jnp.clip(1.0 - jnp.square(excess / HAZE_SIGMA), 0.0, None))
+
+
+def _held_out_error(features: jax.Array, cloudy: jax.Array, weights: jax.Array,
+                    scale: jax.Array, robust: bool) -> jax.Array:
+  """(B,) mean squared error, in units of `scale` (B, 1, C) and clipped at CHOICE_CLIP, of fits
+  on one half of a checkerboard of blocks predicting the weighted pixels of the other half, both
+  ways; NaN (no verdict) where a half holds too few pixels for the fit."""
+  b, h, w, f = features.shape
+  block = max(1, min(CHOICE_BLOCK, min(h, w) // 4))
+  rows, cols = np.indices((h, w))
+  half = jnp.asarray(((rows // block + cols // block) % 2).reshape(-1) == 1)
+  x = features.reshape(b, h * w, f)
+  y = cloudy.reshape(b, h * w, cloudy.shape[-1])
+  total, enough = jnp.zeros(b), jnp.ones(b, bool)
+  for fitted in (half, ~half):
+    gain, offset, support = _fit(x, y, weights * fitted, robust)
+    residual = (y - jnp.einsum("bnf,bfc->bnc", x, gain) - offset[:, None]) / scale
+    loss = jnp.mean(jnp.minimum(jnp.square(residual), CHOICE_CLIP**2), axis=-1)
+    total = total + jnp.sum(weights * ~fitted * loss, axis=1)
+    enough &= support >= MIN_CLEAR_PER_COEFFICIENT * (f + 1)
+  return jnp.where(enough, total / jnp.maximum(jnp.sum(weights, axis=1), 1.0), jnp.nan)
+
+
+def _feature_distance(features: jax.Array, weights: jax.Array) -> jax.Array:
+  """(B, H, W, 1) squared Mahalanobis distance per feature of every pixel's features from the
+  weighted pixels' (their mean over those pixels is 1), with the covariance of a strided
+  subsample as `_fit` takes it."""
+  b, h, w, f = features.shape
+  x = features.reshape(b, h * w, f)
+  stride = max(1, (h * w) // max(_MIN_FIT_SAMPLES, FIT_SAMPLES_PER_COEFFICIENT * (f + 1)))
+  xs, ws = x[:, ::stride], weights[:, ::stride]
+  total = jnp.maximum(jnp.sum(ws, axis=1), 1e-12)[:, None]
+  mean = jnp.einsum("bn,bnf->bf", ws, xs) / total
+  centred = xs - mean[:, None]
+  covariance = jnp.einsum("bnf,bng->bfg", ws[..., None] * centred, centred) / total[..., None]
+  ridge = 1e-3 * jnp.trace(covariance, axis1=1, axis2=2) / f + 1e-20
+  eye = jnp.eye(f, dtype=x.dtype)
+  inverse = spd_solve(covariance + ridge[:, None, None] * eye, jnp.broadcast_to(eye, (b, f, f)))
+  centred = x - mean[:, None]
+  distance = jnp.einsum("bnf,bfg,bng->bn", centred, inverse, centred) / f
+  return distance.reshape(b, h, w, 1)
+
+
 def matched_multiscale(history: jax.Array, cloudy: jax.Array, cloud_mask: jax.Array, *,
                        robust: bool = True,
-                       radii: tuple[int, ...] = MULTISCALE_RADII) -> jax.Array:
+                       radii: tuple[int, ...] = MULTISCALE_RADII,
+                       guards: tuple[str, ...] = GUARDS) -> jax.Array:
   """`matched_regression` with every earlier date split into frequency bands (`frequency_bands`
   with `radii`): each band of the cloudy date as a linear function of every band of every date
   at every scale.
 
   Fitted on the clear pixels (T * C * (len(radii) + 1) features and an offset per output band);
-  `matched_regression` where too few pixels are clear for that many coefficients. Clipped to
-  [0, 1].
+  `matched_regression` where too few pixels are clear for that many coefficients, and where the
+  `guards` (GUARDS) say the many coefficients cannot be trusted. Clipped to [0, 1].
   """
+  unknown = set(guards) - set(GUARDS)
+  if unknown:
+    raise ValueError(f"unknown guards {sorted(unknown)}; guards: {GUARDS}")
   history = jnp.asarray(history, jnp.float32)
-  return _regressed(frequency_bands(_dates_as_bands(history), radii), cloudy, cloud_mask,
-                    matched_regression(history, cloudy, cloud_mask, robust=robust), robust)
+  cloudy = jnp.asarray(cloudy, jnp.float32)
+  simple_features = _dates_as_bands(history)
+  simple = matched_regression(history, cloudy, cloud_mask, robust=robust)
+  features = frequency_bands(simple_features, radii)
+  fit_mask = cloud_mask
+  if "haze" in guards:
+    fit_mask = 1.0 - _haze_weights(cloudy, simple, cloud_mask)
+  prior = _regressed(features, cloudy, fit_mask, simple, robust)
+  clear = _clear_weights(cloud_mask)
+  if "extrapolation" in guards:
+    low, high = EXTRAPOLATION_RANGE
+    share = jnp.clip((_feature_distance(features, clear) - low) / (high - low), 0.0, 1.0)
+    prior = (1.0 - share) * prior + share * simple
+  if "choice" in guards:
+    b, c = cloudy.shape[0], cloudy.shape[-1]
+    scale = robust_std((cloudy - simple).reshape(b, -1, c), clear)
+    # Without a verdict (NaN) the multi-scale fit stays.
+    simpler = (_held_out_error(simple_features, cloudy, clear, scale, robust)
+               <= _held_out_error(features, cloudy, clear, scale, robust))
+    prior = jnp.where(simpler[:, None, None, None], simple, prior)
+  return prior
 
 
 # Every method by name, simplest first.
