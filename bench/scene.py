@@ -82,11 +82,10 @@ def cloud_psnr(output: pathlib.Path, truth: str, footprint: str) -> float:
   """PSNR (dB, data range 1) of an output GeoTIFF against the truth in reflectance over the
   footprint the clouds, their haze and shadows changed."""
   from plfm_jax.data.normalize import REFLECTANCE_SCALE
+  from plfm_jax.evaluation import metrics
   with rasterio.open(output) as src:
     restored = np.moveaxis(src.read(), 0, -1).astype(np.float32) / REFLECTANCE_SCALE
-  changed = np.load(footprint)
-  error = np.mean(np.square(restored - np.load(truth)), axis=-1)[changed]
-  return float(10 * np.log10(1 / np.mean(error)))
+  return float(metrics.psnr(restored[None], np.load(truth)[None], np.load(footprint)[None])[0])
 
 
 def run_layout(spec: dict[str, Any]) -> dict[str, Any]:

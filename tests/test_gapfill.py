@@ -350,7 +350,8 @@ def test_the_haze_guard_takes_weight_from_one_signed_excess_only():
   cloudy[:, 40:56, 40:56] += np.array([0.05, -0.05, 0.0], np.float32)  # a change of colour
   cloudy = np.where(mask > 0, 0.8, cloudy).astype(np.float32)
   simple = gapfill.matched_regression(history, cloudy, mask)
-  weights = np.asarray(gapfill._haze_weights(cloudy, simple, mask))[0, ..., 0]
+  scale = gapfill.robust_std((cloudy - simple).reshape(1, -1, 3), gapfill._clear_weights(mask))
+  weights = np.asarray(gapfill._haze_weights(cloudy, simple, mask, scale))[0, ..., 0]
   assert weights[:8, :8].max() == 0                     # masked
   assert weights[23:33, 23:33].max() < 0.05             # haze
   assert weights[43:53, 43:53].min() > 0.5              # colour change

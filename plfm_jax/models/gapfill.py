@@ -246,13 +246,18 @@ def robust_linear_fit(x: jax.Array, y: jax.Array,
   return jax.lax.fori_loop(0, TUKEY_STEPS, step(_tukey), fit)
 
 
+def _fit_stride(pixels: int, features: int) -> int:
+  """The stride of the regular subsample a fit of `features` features takes of `pixels`."""
+  samples = max(_MIN_FIT_SAMPLES, FIT_SAMPLES_PER_COEFFICIENT * (features + 1))
+  return max(1, pixels // samples)
+
+
 def _fit(x: jax.Array, y: jax.Array, weights: jax.Array,
          robust: bool) -> tuple[jax.Array, jax.Array, jax.Array]:
   """(gain, offset, support): the least-squares or robust fit on a subsample of the N pixels
   (FIT_SAMPLES_PER_COEFFICIENT), and the (B,) number of pixels it rests on (its weights' sum,
   scaled to N)."""
-  samples = max(_MIN_FIT_SAMPLES, FIT_SAMPLES_PER_COEFFICIENT * (x.shape[-1] + 1))
-  stride = max(1, x.shape[1] // samples)
+  stride = _fit_stride(*x.shape[1:])
   # The barrier keeps XLA from fusing the strided read into every step of the fit.
   x, y, weights = jax.lax.optimization_barrier(
       (x[:, ::stride], y[:, ::stride], weights[:, ::stride]))
@@ -466,13 +471,13 @@ def frequency_bands(images: jax.Array, radii: tuple[int, ...] = MULTISCALE_RADII
   return jnp.concatenate([*bands, finer], axis=-1)
 
 
-def _haze_weights(cloudy: jax.Array, simple: jax.Array, cloud_mask: jax.Array) -> jax.Array:
+def _haze_weights(cloudy: jax.Array, simple: jax.Array, cloud_mask: jax.Array,
+                  scale: jax.Array) -> jax.Array:
   """(B, H, W, 1) fit weights for the "haze" guard: 1 on clear pixels, less where the residual
-  against `simple` is of one sign in every band (brighter in all: haze; darker in all: shadow)."""
-  b, c = cloudy.shape[0], cloudy.shape[-1]
+  against `simple`, in units of `scale` (B, 1, C), is of one sign in every band (brighter in
+  all: haze; darker in all: shadow)."""
   clear = 1.0 - jnp.asarray(cloud_mask, jnp.float32)
-  residual = cloudy - simple
-  z = residual / robust_std(residual.reshape(b, -1, c), clear.reshape(b, -1))[:, None]
+  z = (cloudy - simple) / scale[:, None]
   excess = (jnp.clip(jnp.min(z, axis=-1, keepdims=True), 0.0, None)
             - jnp.clip(jnp.max(z, axis=-1, keepdims=True), None, 0.0))
   # Averaged over the clear pixels around: the masked ones are off the fit by far more.
@@ -503,11 +508,11 @@ def _held_out_error(features: jax.Array, cloudy: jax.Array, weights: jax.Array,
 
 def _feature_distance(features: jax.Array, weights: jax.Array) -> jax.Array:
   """(B, H, W, 1) squared Mahalanobis distance per feature of every pixel's features from the
-  weighted pixels' (their mean over those pixels is 1), with the covariance of a strided
-  subsample as `_fit` takes it."""
+  weighted pixels' (their mean over those pixels is 1), with the covariance of the subsample
+  `_fit` takes (`_fit_stride`)."""
   b, h, w, f = features.shape
   x = features.reshape(b, h * w, f)
-  stride = max(1, (h * w) // max(_MIN_FIT_SAMPLES, FIT_SAMPLES_PER_COEFFICIENT * (f + 1)))
+  stride = _fit_stride(h * w, f)
   xs, ws = x[:, ::stride], weights[:, ::stride]
   total = jnp.maximum(jnp.sum(ws, axis=1), 1e-12)[:, None]
   mean = jnp.einsum("bn,bnf->bf", ws, xs) / total
@@ -541,18 +546,20 @@ def matched_multiscale(history: jax.Array, cloudy: jax.Array, cloud_mask: jax.Ar
   simple_features = _dates_as_bands(history)
   simple = matched_regression(history, cloudy, cloud_mask, robust=robust)
   features = frequency_bands(simple_features, radii)
+  clear = _clear_weights(cloud_mask)
+  b, c = cloudy.shape[0], cloudy.shape[-1]
+  # The single-scale fit's robust residual scale on the clear pixels: the unit of both the
+  # haze guard's excess and the choice guard's errors.
+  scale = robust_std((cloudy - simple).reshape(b, -1, c), clear)
   fit_mask = cloud_mask
   if "haze" in guards:
-    fit_mask = 1.0 - _haze_weights(cloudy, simple, cloud_mask)
+    fit_mask = 1.0 - _haze_weights(cloudy, simple, cloud_mask, scale)
   prior = _regressed(features, cloudy, fit_mask, simple, robust)
-  clear = _clear_weights(cloud_mask)
   if "extrapolation" in guards:
     low, high = EXTRAPOLATION_RANGE
     share = jnp.clip((_feature_distance(features, clear) - low) / (high - low), 0.0, 1.0)
     prior = (1.0 - share) * prior + share * simple
   if "choice" in guards:
-    b, c = cloudy.shape[0], cloudy.shape[-1]
-    scale = robust_std((cloudy - simple).reshape(b, -1, c), clear)
     # Without a verdict (NaN) the multi-scale fit stays.
     simpler = (_held_out_error(simple_features, cloudy, clear, scale, robust)
                <= _held_out_error(features, cloudy, clear, scale, robust))
