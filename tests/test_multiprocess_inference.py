@@ -15,14 +15,14 @@ import tifffile
 from test_inference_scene import assert_same_grid
 from test_inference_scene import scenes, workdir  # noqa: F401  (fixtures, used by name)
 from test_multiprocess_training import FOUR_DEVICES, LAUNCH, REPO
-from test_trainer import TINY
+from test_trainer import TINY, TRAINING_PRIOR
 from test_trainer import tfds_dir  # noqa: F401  (a fixture, used by name)
 from tests.tiny import tiny_config, write_random_workdir
 
 
 @pytest.mark.slow
 def test_evaluation_in_two_processes_matches_one(tfds_dir, tmp_path):  # noqa: F811
-  config = tiny_config("demo", size=32, conv_impl="lax")
+  config = tiny_config("demo", size=32, conv_impl="lax", temporal_prior=TRAINING_PRIOR)
   config.data.tfds_dir = str(tfds_dir)
   workdir = write_random_workdir(tmp_path / "trained", config)
   evaluate = [sys.executable, str(REPO / "evaluate.py"), "--config",

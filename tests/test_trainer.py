@@ -28,10 +28,17 @@ SIZE = 32
 STAGES = ("temporal", "gan", "head")
 STEPS = 8  # per stage: 2 epochs of 4 steps
 
+# The prior of the tests that run train.py: they check the training machinery (stages, resume,
+# processes), and the demo's multi-scale prior with its guards costs every train.py process
+# about 8 s of tracing and running more (25 s against 17.6 s, warm cache). The multi-scale prior
+# has its own tests (test_gapfill.py, test_train_steps.py) and the scene tests run it end to end.
+TRAINING_PRIOR = "matched_regression"
 # Tiny widths, 32 px, 2 epochs of 4 steps per stage, a checkpoint every 2 steps. lax.conv: tiny
 # models compile ~3x faster with it than with the shifted-matmul path (tested on its own).
-TINY = [*tiny_flags(SIZE), "--config.model.conv_impl=lax", "--config.batch_size=2", "--config.train.num_epochs=2", "--config.train.steps_per_epoch=4",
-        "--config.train.checkpoint_every_steps=2", "--config.train.validation_steps=2"]
+TINY = [*tiny_flags(SIZE), "--config.model.conv_impl=lax", "--config.batch_size=2",
+        "--config.train.num_epochs=2", "--config.train.steps_per_epoch=4",
+        "--config.train.checkpoint_every_steps=2", "--config.train.validation_steps=2",
+        f"--config.model.temporal_prior={TRAINING_PRIOR}"]
 
 
 @pytest.fixture(scope="module")
