@@ -24,6 +24,7 @@ from plfm_jax import weight_files
 from plfm_jax.data import inputs
 from plfm_jax.inference import rasters, scene
 from plfm_jax.masks import formats
+from plfm_jax.models import gapfill
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("weights", None,
@@ -31,6 +32,10 @@ flags.DEFINE_string("weights", None,
                     f"({', '.join(weight_files.SHIPPED)}); default {weight_files.SHIPPED[0]} "
                     "unless --workdir is given.")
 flags.DEFINE_string("workdir", None, "Training workdir: use its best checkpoints instead.")
+flags.DEFINE_enum("method", "plfm", ("plfm", *gapfill.METHODS),
+                  "plfm: the model. Or restore with a gap-filling baseline alone, no network "
+                  "and no weights, on the same windows, detection and earlier dates "
+                  "(matched_multiscale is the prior the shipped model corrects).")
 flags.DEFINE_string("cloudy", None,
                     "Sentinel-2 R, G, B (uint16, reflectance x 10000) of the cloudy date: a "
                     "3-band GeoTIFF or a folder of per-band ones (<date>.B4.tif, ...).",
@@ -89,7 +94,12 @@ def main(argv):
     raise app.UsageError("give --weights or --workdir, not both")
   if FLAGS.window % scene.WINDOW_MULTIPLE:
     raise app.UsageError(f"--window must be a multiple of {scene.WINDOW_MULTIPLE}")
-  if FLAGS.workdir is not None:
+  if FLAGS.method != "plfm":
+    if FLAGS.workdir is not None or FLAGS.weights is not None:
+      raise app.UsageError(f"--method={FLAGS.method} uses no model: leave out --weights and "
+                           "--workdir")
+    model = scene.gapfill_tile_model(FLAGS.method, batch_size=FLAGS.batch_size)
+  elif FLAGS.workdir is not None:
     model = scene.load_tile_model(FLAGS.workdir, batch_size=FLAGS.batch_size)
   else:
     weights = weight_files.load(FLAGS.weights or weight_files.SHIPPED[0])
@@ -97,7 +107,9 @@ def main(argv):
   path = lambda name: None if name is None else pathlib.Path(name)
   report = scene.predict_scene(
       scene.SceneInputs(cloudy=path(FLAGS.cloudy), history=tuple(map(path, FLAGS.history)),
-                        sar=path(FLAGS.sar), cloud_mask=path(FLAGS.cloud_mask),
+                        # A gap-filling method reads no radar.
+                        sar=path(FLAGS.sar) if FLAGS.method == "plfm" else None,
+                        cloud_mask=path(FLAGS.cloud_mask),
                         mask_format=FLAGS.mask_format, mask_threshold=FLAGS.mask_threshold),
       FLAGS.out, model, window=FLAGS.window, overlap=FLAGS.overlap, composite=FLAGS.composite,
       mask_out=FLAGS.mask_out, masking=inputs.Masking(detect=FLAGS.detect),
@@ -107,7 +119,10 @@ def main(argv):
     return
   for note in report.notes:
     print(f"input: {note}")
-  if not report.sar:
+  if FLAGS.method != "plfm":
+    unused = "; --sar is not used" if FLAGS.sar else ""
+    print(f"restored with the gap-filling method {FLAGS.method} (no network){unused}")
+  elif not report.sar:
     print("no --sar: restored from the optical dates alone (the SAR branch and the fusion "
           "head are not used)")
   for date in report.dates:

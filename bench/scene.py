@@ -18,7 +18,8 @@ haze and shadows changed (the footprint the study scores, `docs/results.md`). Pr
 `--out` (default bench/results/<machine>-scene.json) keeps the JSON.
 
 `--previous=PATH` also times, one after the other on the same scene, the whole `predict.py`
-command of today's repository and of PATH, a checkout of an earlier release (`git worktree add
+command of today's repository (with the shipped weights, and with `--method=matched_multiscale`:
+their prior alone, no network) and of PATH, a checkout of an earlier release (`git worktree add
 PATH <commit>`; run with this interpreter and PATH first on PYTHONPATH, so its dependencies
 must be today's): wall seconds a user waits, start-up and compilation included, the faster of
 two runs each, and their ratio, the speed-up against that release; and each output's
@@ -48,6 +49,8 @@ GRANULE = 10980
 # (name, largest window, overlap, windows per call): the default and the previous release's
 # layout.
 LAYOUTS = (("default", 512, 64, 1), ("64 px windows (previous layout)", 64, 16, 8))
+# predict.py with the shipped model's prior alone, no network.
+PRIOR_ALONE = ("--method=matched_multiscale",)
 
 
 def write_scene(folder: pathlib.Path, size: int, dates: int, coverage: float) -> dict[str, Any]:
@@ -115,12 +118,12 @@ def run_layout(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def command_seconds(repo: pathlib.Path, scene_files: dict[str, Any], out: pathlib.Path,
-                    runs: int = 2) -> float:
+                    extra: tuple[str, ...] = (), runs: int = 2) -> float:
   """Wall seconds of `repo`'s predict.py de-clouding the scene into `out` (start-up and
-  compilation included), the fastest of `runs`."""
+  compilation included) with the `extra` flags, the fastest of `runs`."""
   command = [sys.executable, str(repo / "predict.py"), "--cloudy", scene_files["cloudy"],
              "--history", ",".join(scene_files["history"]), "--sar", scene_files["sar"],
-             "--out", str(out), "--overwrite", "--quiet"]
+             "--out", str(out), "--overwrite", "--quiet", *extra]
   env = {**os.environ, "PYTHONPATH": str(repo)}
   seconds = []
   for _ in range(runs):
@@ -139,18 +142,22 @@ def _commit(repo: pathlib.Path) -> str:
 
 def compare_commands(previous: pathlib.Path, scene_files: dict[str, Any],
                      folder: pathlib.Path) -> dict[str, Any]:
-  """Today's predict.py and the `previous` release's on the same scene, one after the other."""
+  """Today's predict.py (with the shipped weights, and with the prior alone) and the `previous`
+  release's on the same scene, one after the other."""
   today = pathlib.Path(measure.REPO_ROOT)
   result = {}
-  for name, repo in (("previous", previous), ("today", today)):
+  for name, repo, extra in (("previous", previous, ()), ("today", today, ()),
+                            ("today_prior_alone", today, PRIOR_ALONE)):
     commit = _commit(repo)
-    measure.log(f"predict.py of {repo} (commit {commit})")
+    measure.log(f"predict.py {' '.join(extra)} of {repo} (commit {commit})")
     out = folder / f"{name}.tif"
-    result[name] = {"repo": str(repo), "commit": commit,
-                    "seconds": command_seconds(repo, scene_files, out),
+    result[name] = {"repo": str(repo), "commit": commit, "flags": list(extra),
+                    "seconds": command_seconds(repo, scene_files, out, extra),
                     "psnr_cloud": cloud_psnr(out, scene_files["truth"],
                                              scene_files["footprint"])}
   result["speedup"] = result["previous"]["seconds"] / result["today"]["seconds"]
+  result["speedup_prior_alone"] = (result["previous"]["seconds"]
+                                   / result["today_prior_alone"]["seconds"])
   return result
 
 
@@ -195,7 +202,11 @@ def main(argv) -> None:
           f"{commands['today']['seconds']:.1f} s, the previous release (commit "
           f"{commands['previous']['commit']}) {commands['previous']['seconds']:.1f} s: "
           f"{commands['speedup']:.2f}x; PSNR cloud {commands['today']['psnr_cloud']:.2f} dB "
-          f"against {commands['previous']['psnr_cloud']:.2f} dB")
+          f"against {commands['previous']['psnr_cloud']:.2f} dB\n"
+          f"predict.py {' '.join(PRIOR_ALONE)} (the prior alone, no network): "
+          f"{commands['today_prior_alone']['seconds']:.1f} s, "
+          f"{commands['speedup_prior_alone']:.2f}x; PSNR cloud "
+          f"{commands['today_prior_alone']['psnr_cloud']:.2f} dB")
   print(f"wrote {out}")
 
 

@@ -374,6 +374,33 @@ def test_cli(scenes, workdir, tmp_path):
   assert failed.stderr.strip().count("\n") == 0
   assert failed.stderr.startswith(f"error: {tmp_path / 'untrained'}: no trained model")
 
+  # A baseline alone: no model, and a model is refused with it.
+  done = run_cli("--method", "matched_multiscale", *scene_args, "--overwrite", "--sar",
+                 inputs_.sar)
+  assert done.returncode == 0, done.stderr
+  assert ("restored with the gap-filling method matched_multiscale (no network); --sar is not "
+          "used") in done.stdout
+  assert read(out).shape == scenes["small"]["cloudy"].shape
+  refused = run_cli("--method", "persistence", "--workdir", workdir, *scene_args, "--overwrite")
+  assert refused.returncode != 0
+  assert "--method=persistence uses no model" in refused.stderr
+
+
+def test_a_gapfill_method_restores_the_scene_without_a_model(scenes, tmp_path):
+  """A baseline as the model (`gapfill_tile_model`): persistence puts the latest earlier date
+  exactly where something is restored and leaves every other pixel as it was, over the
+  overlapping windows of a scene."""
+  data = scenes["large"]
+  out, mask_out = tmp_path / "out.tif", tmp_path / "mask.tif"
+  report = predict(data, out, scene.gapfill_tile_model("persistence"), mask_out=mask_out,
+                   masking=inputs.Masking(detect=False))
+  restored, result = read(mask_out) > 0, read(out)
+  assert report.windows > 1 and (restored >= data["mask"]).all()
+  np.testing.assert_array_equal(result[restored], read(data["inputs"].history[-1])[restored])
+  np.testing.assert_array_equal(result[~restored], data["cloudy"][~restored])
+  with pytest.raises(InputError, match="unknown method 'mean'"):
+    scene.gapfill_tile_model("mean")
+
 
 def test_a_clouded_earlier_date_never_leaks_into_the_output(scenes, tmp_path):
   """The latest earlier date is under thick cloud where the cloudy date is too; a model that

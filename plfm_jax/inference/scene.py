@@ -13,7 +13,8 @@ with at least the context of an evaluated dataset patch. A window in which nothi
 restored is not run through the model. Everything streams: memory holds one row of windows of
 every input and the batches in flight, whatever the scene size. The model is any `predict_tiles`
 callable; `load_tile_model` binds a trained one from a workdir, `tile_model` any config and
-variables (those of a weights file, `plfm_jax.weight_files`).
+variables (those of a weights file, `plfm_jax.weight_files`), `gapfill_tile_model` a gap-filling
+baseline (no network).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from plfm_jax.inference import align
 from plfm_jax.inference import rasters
 from plfm_jax.inference import tiling
 from plfm_jax.masks import formats
+from plfm_jax.models import gapfill
 from plfm_jax.models.plfm import INFERENCE_COMPONENTS, PLFM
 
 # "minmax" models: the cloudy window is scaled by the min and max of its own clear pixels when at
@@ -150,33 +152,61 @@ def tile_model(config: ml_collections.ConfigDict, variables: Mapping[str, Any], 
                batch_size: int = DEFAULT_BATCH_SIZE,
                devices: Sequence[jax.Device] | None = None) -> TileModel:
   """The model of the training `config` with `variables` as a TileModel, batches sharded over
-  `devices`: its normalisation, any window size.
+  `devices` (`_sharded`): its normalisation, any window size."""
+  model = PLFM.from_config(config.model, training=False)
+  predict_tiles, batch_size = _sharded(
+      lambda variables, batch: model.predict(variables, batch)["fused"], variables,
+      batch_size, devices)
+  return TileModel(predict_tiles=predict_tiles, tile_size=int(config.data.crop_size),
+                   normalization=config.data.s2_normalization,
+                   history_length=SERIES_LENGTH - 1, batch_size=batch_size)
+
+
+def gapfill_tile_model(method: str, *, batch_size: int = DEFAULT_BATCH_SIZE,
+                       devices: Sequence[jax.Device] | None = None) -> TileModel:
+  """A gap-filling method (`gapfill.METHODS`, fitted robustly) as a TileModel: no network and
+  no weights, the windows built as for the model (the same detection, the same earlier dates
+  chosen and filled), so that a scene restored by a baseline compares with the model's.
+
+  Raises:
+    InputError: an unknown method.
+  """
+  if method not in gapfill.METHODS:
+    raise InputError("--method", f"unknown method {method!r}; choose from "
+                     f"{', '.join(gapfill.METHODS)}")
+  fill = gapfill.METHODS[method]
+  predict_tiles, batch_size = _sharded(
+      lambda _, batch: fill(batch["history"], batch["cloudy"], batch["cloud_mask"]), {},
+      batch_size, devices)
+  return TileModel(predict_tiles=predict_tiles, tile_size=WINDOW_MULTIPLE,
+                   normalization="reflectance", history_length=SERIES_LENGTH - 1,
+                   batch_size=batch_size)
+
+
+def _sharded(apply: Callable[[Any, dict], jax.Array], variables: Mapping[str, Any],
+             batch_size: int, devices: Sequence[jax.Device] | None
+             ) -> tuple[PredictTiles, int]:
+  """(predict_tiles, batch size) of the jitted `apply(variables, batch)` with batches sharded
+  over `devices`.
 
   `batch_size` is rounded up to a multiple of the device count; variables are replicated on
   every device. Over several processes, each computes its own rows of every batch (every
   process calls with the same whole batch) and all of them receive the whole prediction.
   """
-  model = PLFM.from_config(config.model, training=False)
   mesh = sharding.make_mesh(devices)
   # Through host memory, not `sharding.replicate`: restored variables sit on this process's
   # device, and a mesh over several processes takes no cross-host copy from there.
   variables = jax.device_put(jax.tree.map(np.asarray, variables), sharding.replicated(mesh))
-
-  @jax.jit
-  def fused(variables: dict, batch: dict) -> jax.Array:
-    return model.predict(variables, batch)["fused"]
+  run = jax.jit(apply)
 
   def predict_tiles(batch: Mapping[str, np.ndarray]) -> np.ndarray:
     rows = len(next(iter(batch.values()))) // jax.process_count()
     mine = slice(jax.process_index() * rows, (jax.process_index() + 1) * rows)
-    prediction = fused(variables, sharding.global_batch(
+    prediction = run(variables, sharding.global_batch(
         {k: v[mine] for k, v in batch.items()}, mesh))
     return multihost_utils.process_allgather(prediction, tiled=True)
 
-  return TileModel(predict_tiles=predict_tiles, tile_size=int(config.data.crop_size),
-                   normalization=config.data.s2_normalization,
-                   history_length=SERIES_LENGTH - 1,
-                   batch_size=-(-batch_size // mesh.size) * mesh.size)
+  return predict_tiles, -(-batch_size // mesh.size) * mesh.size
 
 
 @dataclasses.dataclass
