@@ -11,7 +11,8 @@ themselves), no mask and no SAR (the sample's nearest S1 is 9 days off). It prin
 in every date, the share of cloud-bright pixels (mean R, G, B reflectance above 0.15) before and
 after against that of the clear dates, and the PSNR of the restored pixels against the next clear
 date (2019-07-26) matched band by band to 2019-07-11's kept pixels (the closest thing to a ground
-truth there is); and draws: the earlier dates, the cloudy date, what was found (clouds red,
+truth there is), beside every gap-filling baseline run the same way (`predict.py --method`: the
+same detection, earlier dates and windows, no network); and draws: the earlier dates, the cloudy date, what was found (clouds red,
 shadows blue), the result and the next clear date.
 """
 
@@ -80,6 +81,17 @@ def main(argv) -> None:
   psnr = lambda image: -10 * np.log10(np.mean((image[restored] - reference[restored]) ** 2))
   print(f"restored pixels ({restored.mean():.1%} of the date) against {NEXT_CLEAR} matched to "
         f"{CLOUDY}: PSNR {psnr(result):.2f} dB (the cloudy date there: {psnr(cloudy):.2f} dB)")
+  print(f"\n| method (the same detection and earlier dates) | cloud-bright pixels | PSNR of the "
+        f"restored pixels (dB) |\n|---|---:|---:|\n| shipped model | {bright_share(out):.2%} | "
+        f"{psnr(result):.2f} |")
+  for method in gapfill.METHODS:
+    baseline = workdir / f"{method}.tif"
+    scene.predict_scene(scene.SceneInputs(cloudy=dates[CLOUDY],
+                                          history=tuple(dates[d] for d in EARLIER)),
+                        baseline, scene.gapfill_tile_model(method), overwrite=True,
+                        progress=False)
+    print(f"| {method} | {bright_share(baseline):.2%} | "
+          f"{psnr(s2_reflectance(tifffile.imread(baseline))):.2f} |")
 
   label = lambda date: date[5:].replace("_", "-")
   images = {f"{label(d)} (earlier)": s2_reflectance(tifffile.imread(dates[d])) for d in EARLIER}
