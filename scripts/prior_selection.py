@@ -4,8 +4,9 @@
 
 Each RUN is a `scripts/real_sample_results.py` workdir (its saved config and its built dataset).
 On that run's `validation` split only (the held-out patches of its training zones, with the
-evaluation's simulated clouds), every candidate of CANDIDATES fills the clouds and is scored by
-cloud-area PSNR and SSIM in reflectance. The choice: the candidate with the highest PSNR
+evaluation's simulated clouds, haze and shadows), every candidate of CANDIDATES fills what the
+tool's own detection finds (SCENARIO: the masks users have, not the exact one) and is scored by
+cloud-area PSNR and SSIM in reflectance over everything the clouds changed. The choice: the candidate with the highest PSNR
 averaged over the runs. Beside them, not chosen from, GUARD_ABLATION: the prior with each of its
 guards (`gapfill.GUARDS`) left out in turn. Prints Markdown tables and the choice; `--out` also
 keeps the numbers as JSON, {run folder name: {candidate: {"psnr_cloud": .., "ssim_cloud": ..}}}.
@@ -33,6 +34,9 @@ from plfm_jax.models import gapfill
 
 FLAGS = flags.FLAGS
 SPLIT = "validation"
+# What the methods are told of the clouds (pipeline.SCENARIOS): nothing, as most users' masks
+# tell them; the tool's detection finds them.
+SCENARIO = "detected"
 # Candidate splits of the earlier dates into frequency bands: box-filter radii in pixels, finest
 # first. None is the matched regression (no split).
 CANDIDATES = {
@@ -70,20 +74,22 @@ def scores(workdir: pathlib.Path) -> dict[str, dict[str, float]]:
     raise InputError(workdir, "was trained in another normalisation than reflectance")
   data_config = config.data.copy_and_resolve_references()
   data_config.tfds_dir = str(workdir / "tfds")
+  data_config.scenario = SCENARIO
 
   @jax.jit
   def batch_scores(batch):
     out = {}
     for name, method in METHODS.items():
       image = method(batch["history"], batch["cloudy"], batch["cloud_mask"])
-      found = metrics.standard_metrics(image, batch["target"], batch["cloud_mask"])
+      found = metrics.standard_metrics(image, batch["target"], batch["truth_mask"])
       out[name] = {k: found[k] for k in ("psnr_cloud", "ssim_cloud")}
     return out
 
   per_sample: dict[str, dict[str, list[np.ndarray]]] = {}
   for batch in pipeline.make_iterator(data_config, split=SPLIT, global_batch_size=1,
                                       train=False, seed=config.seed, num_epochs=1):
-    found = batch_scores({k: batch[k] for k in ("history", "cloudy", "cloud_mask", "target")})
+    found = batch_scores({k: batch[k] for k in ("history", "cloudy", "cloud_mask", "target",
+                                                "truth_mask")})
     for name, values in found.items():
       for metric, value in values.items():
         per_sample.setdefault(name, {}).setdefault(metric, []).append(np.asarray(value))

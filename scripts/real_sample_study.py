@@ -318,8 +318,9 @@ def selection_markdown(selection: Mapping[str, dict]) -> str:
           "`gapfill.MULTISCALE_RADII`.**")
   return f"""## How the prior's scales were chosen (validation patches only)
 
-`scripts/prior_selection.py` fills the simulated clouds of both training zones' validation
-patches with the matched regression and with candidate splits of the earlier dates into
+`scripts/prior_selection.py` fills the simulated clouds, haze and shadows of both training zones'
+validation patches, where the tool's own detection finds them (scenario `detected`, the masks
+users have), with the matched regression and with candidate splits of the earlier dates into
 frequency bands (box filters of the given radii in pixels, each band with gains of its own);
 the split with the highest cloud-area PSNR averaged over both is `plus`'s prior: {chosen}.{used}
 The test zones are not read.
