@@ -149,7 +149,7 @@ def compare_commands(previous: pathlib.Path, scene_files: dict[str, Any],
   for name, repo, extra in (("previous", previous, ()), ("today", today, ()),
                             ("today_prior_alone", today, PRIOR_ALONE)):
     commit = _commit(repo)
-    measure.log(f"predict.py {' '.join(extra)} of {repo} (commit {commit})")
+    measure.log(f"{' '.join(['predict.py', *extra])} of {repo} (commit {commit})")
     out = folder / f"{name}.tif"
     result[name] = {"repo": str(repo), "commit": commit, "flags": list(extra),
                     "seconds": command_seconds(repo, scene_files, out, extra),

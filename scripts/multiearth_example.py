@@ -12,8 +12,8 @@ in every date, the share of cloud-bright pixels (mean R, G, B reflectance above 
 after against that of the clear dates, and the PSNR of the restored pixels against the next clear
 date (2019-07-26) matched band by band to 2019-07-11's kept pixels (the closest thing to a ground
 truth there is), beside every gap-filling baseline run the same way (`predict.py --method`: the
-same detection, earlier dates and windows, no network); and draws: the earlier dates, the cloudy date, what was found (clouds red,
-shadows blue), the result and the next clear date.
+same detection, earlier dates and windows, no network); and draws: the earlier dates, the cloudy
+date, what was found (clouds red, shadows blue), the result and the next clear date.
 """
 
 from __future__ import annotations

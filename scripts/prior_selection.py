@@ -6,11 +6,11 @@ Each RUN is a `scripts/real_sample_results.py` workdir (its saved config and its
 On that run's `validation` split only (the held-out patches of its training zones, with the
 evaluation's simulated clouds, haze and shadows), every candidate of CANDIDATES fills what the
 tool's own detection finds (SCENARIO: the masks users have, not the exact one) and is scored by
-cloud-area PSNR and SSIM in reflectance over everything the clouds changed. The choice: the candidate with the highest PSNR
-averaged over the runs. Beside them, not chosen from, GUARD_ABLATION: the prior with each of its
-guards (`gapfill.GUARDS`) left out in turn. Prints Markdown tables and the choice; `--out` also
-keeps the numbers as JSON, {run folder name: {candidate: {"psnr_cloud": .., "ssim_cloud": ..}}}.
-The test split is never read.
+cloud-area PSNR and SSIM in reflectance over everything the clouds changed. The choice: the
+candidate with the highest PSNR averaged over the runs. Beside them, not chosen from,
+GUARD_ABLATION: the prior with each of its guards (`gapfill.GUARDS`) left out in turn. Prints
+Markdown tables and the choice; `--out` also keeps the numbers as JSON, {run folder name:
+{candidate: {"psnr_cloud": .., "ssim_cloud": ..}}}. The test split is never read.
 """
 
 from __future__ import annotations
