@@ -142,15 +142,18 @@ def test_fits_ignore_cloud_pixels():
                                   brighter["cloud_mask"]), atol=1e-6, err_msg=method)
 
 
-def test_too_few_clear_pixels_fall_back_to_the_unmatched_image():
+def test_too_few_clear_pixels_fall_back_to_fewer_coefficients_down_to_none():
   data = series(3)
   cloudy_all = np.ones_like(data["cloud_mask"])
   history = data["history"]
+  # A fully clouded date: the latest earlier date as it is, finite, whatever the method.
   np.testing.assert_array_equal(
       gapfill.matched_persistence(history, data["cloudy"], cloudy_all), history[:, -1])
-  np.testing.assert_allclose(
-      gapfill.matched_regression(history, data["cloudy"], cloudy_all), history.mean(axis=1),
-      atol=1e-7)
+  np.testing.assert_array_equal(
+      gapfill.matched_regression(history, data["cloudy"], cloudy_all), history[:, -1])
+  np.testing.assert_array_equal(
+      gapfill.matched_multiscale(history, data["cloudy"], cloudy_all), history[:, -1])
+
   # 144 pixels, 40% under clouds: enough for matched_regression's 10 coefficients per band, too
   # few for matched_multiscale's 46.
   np.testing.assert_array_equal(
@@ -323,7 +326,7 @@ def test_a_fit_with_a_gain_beyond_the_bound_falls_back(monkeypatch):
   np.testing.assert_allclose(fitted[cloud], cloudy[cloud], atol=1e-4)
   monkeypatch.setattr(gapfill, "_MAX_GAIN", 0.4)
   np.testing.assert_array_equal(np.asarray(gapfill.matched_regression(history, cloudy, mask)),
-                                np.asarray(gapfill.temporal_mean(history, cloudy, mask)))
+                                np.asarray(gapfill.matched_persistence(history, cloudy, mask)))
 
 
 def _smooth_scene(seed: int, size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -5,22 +5,31 @@ at all, and no single-date mask of R, G, B sees haze or shadows well. A time ser
 much brighter and whiter than the other dates predict for it is cloud or haze, one much darker
 is shadow (the multi-temporal tests of MAJA and Tmask). For every date:
 
-1. the other dates are matched to it band by band (robust gain and offset,
-   `gapfill.match_bands`, fitted on the pixels clear in both and never on bright white ones;
-   where haze covers so much of it that the fit follows the haze, refitted on the rest,
-   `_clearer_match`) and their per-pixel median over the dates clear there is its reference;
-2. its 5 x 5 local means are tested against the reference's, in units of the date's robust
-   residual standard deviation (at least `min_noise`). Brighter by `cloud_sigma`, with a flat
-   or bluish change (blue rising at least `min_blue_share` as much as red and green: clouds and
-   haze scatter all visible light, more in blue; a harvest or a new clearing brightens red
-   first) and brighter than the other dates as they are: cloud or haze. Darker by
-   `shadow_sigma`, keeping at most `max_shadow_ratio` of the reference's light, darker than
-   the other dates as they are, and within `shadow_distance` of a cloud of the date: shadow;
-3. detections grow into their neighbours that pass the tests at `grow_sigma` (the fading
+1. the clear-sky tests (`clear_sky_tests`) compare it with the other dates as they are, never
+   fitted to it, so that they hold however much of it is clouded: brighter than every other
+   date clear there by `clear_sky_margin` in mean R, G, B reflectance, with a flat or bluish
+   change (or bright and white), is cloud or haze; red and green below `clear_sky_shadow` of
+   every other date is darker than any clear sky left the place;
+2. the other dates are matched to it band by band (robust gain and offset,
+   `gapfill.match_bands`) on the pixels that pass every test in both, never on bright white
+   ones; where less than `min_clear_share` of it is left, they are taken as they are (a match
+   fitted on the clouds would follow them). Their per-pixel median over the dates clear there
+   is its reference;
+3. its 5 x 5 local means are tested against the reference's, in units of the date's robust
+   residual standard deviation on its clear pixels (at least `min_noise`). Brighter by
+   `cloud_sigma`, with a flat or bluish change (blue rising at least `min_blue_share` as much
+   as red and green: clouds and haze scatter all visible light, more in blue; a harvest or a
+   new clearing brightens red first) and brighter than the other dates as they are: cloud or
+   haze, as is whatever the clear-sky test flagged. Darker by `shadow_sigma`, keeping at most
+   `max_shadow_ratio` of the reference's light, darker than the other dates as they are (or
+   flagged by the clear-sky test), and within `shadow_distance` of a cloud of the date (or on
+   a date darker than every other over `broad_shadow` of it, as under thin cloud): shadow;
+4. detections grow into their neighbours that pass the tests at `grow_sigma` (the fading
    margins of haze and shadows), specks smaller than 3 x 3 px are dropped, and a buffer of
-   `buffer` px is added.
+   `buffer` px is added. A date so found over `overcast` of its pixels is masked whole.
 
-The first pass finds clouds only, with every date lending to the reference; the later ones find
+The first pass finds clouds only, with every date lending to the reference but where the clear-sky
+tests flagged it; the later ones find
 clouds and shadows with references that leave out what the previous pass found (a cloud on one
 date makes the others look dark beside it, a shadow makes them look bright), the first pass's
 reference standing where that leaves no date, and their seeds must pass the first pass's margin
@@ -67,6 +76,20 @@ class DetectionSettings:
     shadow_distance: a shadow lies at most this many pixels from a cloud of its date (clouds
       up to about 3 km high, the sun down to 35 degrees: 4 km at 10 m): darker ground on a
       date without clouds near it is a change of the ground (a ploughed field, high water).
+    clear_sky_margin: the clear-sky tests (`clear_sky_tests`): mean R, G, B reflectance above
+      every other date clear there by this much, with a flat or bluish change, is cloud or haze
+      whatever the date's own statistics say.
+    clear_sky_shadow: the clear-sky tests: red and green below this share of every other date
+      clear there is shadow (near a cloud of the date, or over `broad_shadow` of it).
+    broad_shadow: share of a date's pixels darker than every other date (`clear_sky_shadow`) at
+      which the darkening is taken for a shadow with no cloud near it (thin cloud over all of
+      a date shades it; a change of the ground darkens fields, not the whole date).
+    min_clear_share: share of a date's pixels that must pass every clear test for the other
+      dates to be matched to it; below it they are taken as they are (a match fitted on a few
+      pixels, or on the clouds, would bend the reference towards them).
+    overcast: share of a date's pixels found cloud, haze or shadow at which all of it is
+      masked: what little seems clear there is mostly the margins of its clouds and haze, and
+      a restoration fitted to it would follow them.
   """
   cloud_sigma: float = 6.0
   shadow_sigma: float = 3.0
@@ -80,6 +103,11 @@ class DetectionSettings:
   passes: int = 3
   smoothing: int = 2
   shadow_distance: int = 400
+  clear_sky_margin: float = 0.03
+  clear_sky_shadow: float = 0.8
+  broad_shadow: float = 0.5
+  min_clear_share: float = 0.05
+  overcast: float = 0.8
 
 
 DEFAULT = DetectionSettings()
@@ -149,84 +177,22 @@ def _smooth(images: jax.Array, settings: DetectionSettings) -> jax.Array:
 
 class Reference(NamedTuple):
   """What the other dates say of each date: `matched` (N, H, W, 3) their median matched to it,
-  `raw` their median as they are, `exists` (N, H, W) bool where some other date is clear, and
-  `refitted` whether haze made any matching refit (`_clearer_match`)."""
+  `raw` their median as they are, and `exists` (N, H, W) bool where some other date is clear."""
   matched: jax.Array
   raw: jax.Array
   exists: jax.Array
-  refitted: jax.Array | bool = False
-
-
-# Haze that covers at least this share of the pixels a matching fits on bends it: the match is
-# then refitted on the rest. Set on synthetic haze; the simulated clouds of the validation
-# patches and the real sample's dates never reach it (their scores are unchanged).
-_HAZY_SHARE = 0.3
-
-
-def _sampled(images: jax.Array) -> jax.Array:
-  """(P, H, W, ...) -> (P, M, ...): a regular subsample of at least _NOISE_SAMPLES of each
-  image's pixels."""
-  p, h, w = images.shape[:3]
-  return images.reshape(p, h * w, *images.shape[3:])[:, ::max(1, h * w // _NOISE_SAMPLES)]
-
-
-def _hazy(source: jax.Array, target: jax.Array, fit: jax.Array, matched: jax.Array,
-          settings: DetectionSettings) -> jax.Array:
-  """(P, H, W) bool: the pixels of `fit` that stand out as haze against `source` matched to the
-  darker half of `target`'s fit pixels (see `_clearer_match`)."""
-  level = jnp.mean(target - matched, axis=-1)
-  # The median of a regular subsample, as `_noise` takes its quantile.
-  rows = _sampled(level)
-  half = gapfill.masked_quantile(rows - jnp.min(rows), _sampled(fit)) + jnp.min(rows)
-  darker = fit & (level <= half[:, None, None])
-  residual = target - gapfill.match_bands(source, target, (~darker)[..., None].astype(jnp.float32))
-  noise = _noise(residual, darker, settings.min_noise)
-  change = jnp.mean(residual, axis=-1) / jnp.mean(noise, axis=-1)
-  red, green, blue = residual[..., 0], residual[..., 1], residual[..., 2]
-  return (fit & (change > settings.cloud_sigma)
-          & (blue >= settings.min_blue_share * jnp.maximum(red, green)))
-
-
-def _clearer_match(source: jax.Array, target: jax.Array, unfit: jax.Array, matched: jax.Array,
-                   settings: DetectionSettings) -> tuple[jax.Array, jax.Array]:
-  """(`matched` (`source` matched to `target` band by band), or `source` matched to the ground
-  of `target` that haze spares, where haze covers much of it; whether any pair was refitted).
-
-  A robust fit follows the majority of the pixels: where haze covers about half of the target
-  or more, the other dates are matched to the haze, or between haze and ground, and nothing
-  stands out. Haze only adds light, most in blue: refitted on the darker half of the pixels,
-  the hazy ones stand out against that fit by `cloud_sigma` with a flat or bluish change, and
-  where they hold _HAZY_SHARE of the pixels the match is fitted on all the others. Whether they
-  do is decided on a subsample (`_sampled`, as images one pixel wide); the full images are
-  tested only to refit.
-  """
-  fit = unfit[..., 0] < 0.5
-  column = lambda images: _sampled(images)[:, :, None]
-  sampled_fit = column(unfit)[..., 0] < 0.5
-  hazy = _hazy(column(source), column(target), sampled_fit, column(matched), settings)
-  share = jnp.sum(hazy, axis=(1, 2)) / jnp.maximum(jnp.sum(sampled_fit, axis=(1, 2)), 1)
-  refit = share >= _HAZY_SHARE
-  any_refit = jnp.any(refit)
-
-  def refitted() -> jax.Array:
-    spared = ~fit | _hazy(source, target, fit, matched, settings)
-    clear = gapfill.match_bands(source, target, spared[..., None].astype(jnp.float32))
-    return jnp.where(refit[:, None, None, None], clear, matched)
-
-  # Most series have no such date: the refit is skipped.
-  return jax.lax.cond(any_refit, refitted, lambda: matched), any_refit
 
 
 def references(dates: jax.Array, masked: jax.Array, unfit: jax.Array | None = None,
-               haze_refit: DetectionSettings | None = None) -> Reference:
+               min_clear_share: float = 0.0) -> Reference:
   """Each date's reference from the other dates clear at each pixel.
 
   Args:
     dates: (N, H, W, 3) reflectance.
     masked: (N, H, W) bool, pixels no date may lend or fit on (clouds found so far, nodata).
     unfit: (N, H, W) bool, further pixels the matching may not fit on (but may lend).
-    haze_refit: with these settings, a matching that haze over much of a date bent is refitted
-      on the rest (`_clearer_match`); None: never.
+    min_clear_share: a date is matched to another only where at least this share of its pixels
+      is clear in both (`gapfill.match_bands`); the other date is taken as it is otherwise.
   """
   unfit = masked if unfit is None else masked | unfit
   n = dates.shape[0]
@@ -235,16 +201,62 @@ def references(dates: jax.Array, masked: jax.Array, unfit: jax.Array | None = No
   pairs = [(target, source) for target in range(n) for source in range(n) if source != target]
   target, source = (np.array(index) for index in zip(*pairs))
   either = (unfit[source] | unfit[target])[..., None].astype(jnp.float32)
-  matched = gapfill.match_bands(dates[source], dates[target], either)
-  refitted = False
-  if haze_refit is not None:
-    matched, refitted = _clearer_match(dates[source], dates[target], either, matched, haze_refit)
+  matched = gapfill.match_bands(dates[source], dates[target], either,
+                                min_share=min_clear_share)
   matched = matched.reshape(n, n - 1, *dates.shape[1:])
   lent = ~masked[source].reshape(n, n - 1, *dates.shape[1:3])[..., None]
   median = lambda values: jnp.nan_to_num(gapfill.nanmedian_small(
       jnp.where(lent, values, jnp.nan), axis=1))
   raw = dates[source].reshape(n, n - 1, *dates.shape[1:])
-  return Reference(median(matched), median(raw), jnp.any(lent[..., 0], axis=1), refitted)
+  return Reference(median(matched), median(raw), jnp.any(lent[..., 0], axis=1))
+
+
+def clear_sky_tests(smoothed: jax.Array, lent: jax.Array, white: jax.Array,
+                    settings: DetectionSettings) -> tuple[jax.Array, jax.Array]:
+  """(cloud, darker), (N, H, W) bool: each date against the other dates as they are, never
+  matched to it, where they may lend (`lent`, (N, H, W) bool).
+
+  A date's own statistics fail where clouds and haze cover most of it: a matching follows the
+  majority of its pixels and its residual's spread grows with them, so that what is left reads as
+  its light. These tests lean on the other dates alone (the clear-sky range of the place): mean
+  R, G, B reflectance above every other date by `clear_sky_margin` with a flat or bluish change
+  (or bright and white, `white`: over ground bluer than itself a thick cloud's change is not
+  bluish) is cloud or haze; red and green below `clear_sky_shadow` of every other date (and darker by
+  shadow_sigma x min_noise) is darker than any clear sky left the place.
+  """
+  n = smoothed.shape[0]
+  if n < 2:
+    nothing = jnp.zeros(smoothed.shape[:3], bool)
+    return nothing, nothing
+  clouds, darker = [], []
+  for date in range(n):
+    others = np.arange(n) != date
+    lend = lent[others][..., None]
+    values = smoothed[others]
+    exists = jnp.any(lend[..., 0], axis=0)
+    up = smoothed[date] - jnp.max(jnp.where(lend, values, -jnp.inf), axis=0)
+    # The colour of the change against the other dates' median: against the brightest of each
+    # band, one date's light would decide it.
+    change = smoothed[date] - jnp.nan_to_num(gapfill.nanmedian_small(
+        jnp.where(lend, values, jnp.nan), axis=0))
+    red, green, blue = change[..., 0], change[..., 1], change[..., 2]
+    clouds.append(exists & (jnp.mean(up, axis=-1) > settings.clear_sky_margin)
+                  & ((blue >= settings.min_blue_share * jnp.maximum(red, green))
+                     | white[date]))
+    low = jnp.min(jnp.where(lend, values, jnp.inf), axis=0)
+    ratio = smoothed[date] / jnp.maximum(low, 1e-6)
+    drop = jnp.mean(low - smoothed[date], axis=-1)
+    darker.append(exists & (ratio[..., 0] < settings.clear_sky_shadow)
+                  & (ratio[..., 1] < settings.clear_sky_shadow) & (ratio[..., 2] >= ratio[..., 0])
+                  & (drop > settings.shadow_sigma * settings.min_noise))
+  return jnp.stack(clouds), jnp.stack(darker)
+
+
+def _sampled(images: jax.Array) -> jax.Array:
+  """(P, H, W, ...) -> (P, M, ...): a regular subsample of at least _NOISE_SAMPLES of each
+  image's pixels."""
+  p, h, w = images.shape[:3]
+  return images.reshape(p, h * w, *images.shape[3:])[:, ::max(1, h * w // _NOISE_SAMPLES)]
 
 
 def _noise(residual: jax.Array, usable: jax.Array, floor: float) -> jax.Array:
@@ -328,17 +340,28 @@ def detect(dates: jax.Array, valid: jax.Array | None = None, given: jax.Array | 
   valid = jnp.ones(shape, bool) if valid is None else jnp.asarray(valid, bool)
   given = jnp.zeros(shape, bool) if given is None else jnp.asarray(given, bool) & valid
   single = bright_white(dates, settings.brightness) & valid
-  # The first pass lends every date: a median over the others and robust matching outvote a
-  # cloud in one of them. Bright white pixels are never fitted on: with many clouds on both
-  # dates of a pair, the robust matching would otherwise rest on more cloud than ground.
-  first = references(dates, given | ~valid, single, haze_refit=settings)
   smoothed = _smooth(dates, settings)
-  first_tests = _tests(smoothed, first, valid, given | single, settings)
+  masked = given | ~valid
+  # The clear-sky tests twice: a cloud of one date at the same place as a brighter cloud of
+  # another is found once the brighter one no longer lends.
+  sky_cloud = clear_sky_tests(smoothed, ~masked, single, settings)[0] & valid
+  again, sky_dark = clear_sky_tests(smoothed, ~(masked | sky_cloud | single), single, settings)
+  sky_cloud |= again & valid
+  sky_dark &= valid & ~sky_cloud
+  broad = (jnp.sum(sky_dark, axis=(1, 2)) > settings.broad_shadow
+           * jnp.maximum(jnp.sum(valid, axis=(1, 2)), 1))[:, None, None]
+  unclear = single | sky_cloud | sky_dark
+  # The first pass lends every date but what the clear-sky tests found: a median over the
+  # others and robust matching outvote a cloud in one of them. Nothing a test found is fitted
+  # on, and a date with too little left clear is not matched at all: the matching would follow
+  # its clouds.
+  first = references(dates, masked | sky_cloud, unclear, settings.min_clear_share)
+  first_tests = _tests(smoothed, first, valid, given | unclear, settings)
   # Without a reference the single-date test decides; with one, the series does (ground that
   # is bright and white on every date is not a cloud).
   alone = single & ~first.exists
   cloud_seed, cloud_margin = first_tests[:2]
-  cloud = _grown(cloud_seed | alone, cloud_margin | alone, settings.grow_steps)
+  cloud = _grown(cloud_seed | alone | sky_cloud, cloud_margin | alone, settings.grow_steps)
 
   def later_pass(_, state: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
     cloud, shadow = state
@@ -347,15 +370,16 @@ def detect(dates: jax.Array, valid: jax.Array | None = None, given: jax.Array | 
     # reference: where one date is left, haze it has and no test caught would otherwise
     # make the date tested look shadowed (or a shadow, cloudy).
     found = given | cloud | shadow
-    later = references(dates, found | ~valid, single)
+    later = references(dates, found | ~valid, unclear, settings.min_clear_share)
     keep = later.exists[..., None]
     reference = Reference(jnp.where(keep, later.matched, first.matched),
                           jnp.where(keep, later.raw, first.raw), later.exists | first.exists)
     cloud_seed, cloud_margin, shadow_seed, shadow_margin = _tests(
         smoothed, reference, valid, found, settings)
-    cloud = _grown((cloud_seed & first_tests[1]) | alone, cloud_margin | alone,
+    cloud = _grown((cloud_seed & first_tests[1]) | alone | sky_cloud, cloud_margin | alone,
                    settings.grow_steps)
-    shadow_seed &= first_tests[3] & _near(cloud, settings.shadow_distance)
+    shadow_seed = ((shadow_seed & first_tests[3] & _near(cloud, settings.shadow_distance))
+                   | (sky_dark & broad))
     shadow = _grown(shadow_seed, shadow_margin, settings.grow_steps) & ~cloud
     return cloud, shadow
 
@@ -363,12 +387,14 @@ def detect(dates: jax.Array, valid: jax.Array | None = None, given: jax.Array | 
     # A loop: traced once, however many passes.
     return jax.lax.fori_loop(0, settings.passes - 1, later_pass, (cloud, jnp.zeros(shape, bool)))
 
-  # Where the first pass found no cloud, no bright white pixel and no haze to refit for, the
+  # Where the first pass found no cloud and no test flagged anything, the
   # later passes would leave out nothing new, test against the first pass's reference and
   # estimate the same noise: they find the same clouds (none), and no shadow without a cloud.
   # Clear windows of a scene skip them.
-  anything = jnp.any(cloud) | jnp.any(single & valid) | first.refitted
+  anything = jnp.any(cloud) | jnp.any(unclear)
   cloud, shadow = jax.lax.cond(anything, later_passes,
                                lambda cloud: (cloud, jnp.zeros(shape, bool)), cloud)
   mask = _window_max(cloud | shadow | given, settings.buffer) & valid
-  return Detection(cloud=cloud, shadow=shadow, mask=mask)
+  overcast = (jnp.sum(mask, axis=(1, 2)) >= settings.overcast
+              * jnp.maximum(jnp.sum(valid, axis=(1, 2)), 1))[:, None, None]
+  return Detection(cloud=cloud, shadow=shadow, mask=mask | (overcast & valid))
