@@ -37,8 +37,9 @@ test too. Where the first pass finds nothing, the later ones would find nothing 
 skipped. Where no other date is clear, the single-date tests of Fmask on R, G, B decide
 (`bright_white`). Any mask the user gives is added to the result, never taken from it.
 
-Everything is JAX (jit with the settings static); four dates of 480 x 480 px take 0.3 to 0.4 s
-on two CPU cores, 0.11 s where nothing is found.
+Everything is JAX (jit with the settings static); four dates of 480 x 480 px with clouds took
+0.55 s before the clear-sky tests and take 0.8 s with them (two AVX2 CPU cores, both measured in
+one run).
 """
 
 from __future__ import annotations
@@ -328,7 +329,7 @@ def detect(dates: jax.Array, valid: jax.Array | None = None, given: jax.Array | 
 
   Args:
     dates: (N, H, W, 3) R, G, B reflectance in [0, 1], any order of dates.
-    valid: (N, H, W) bool, False at nodata (never flagged, never used); default all valid.
+    valid: (N, H, W) bool, False at nodata (never flagged, never used); default where finite.
     given: (N, H, W) bool masks the user has (QA60, SCL, ...): trusted, added to the result.
     settings: the thresholds.
 
@@ -337,7 +338,10 @@ def detect(dates: jax.Array, valid: jax.Array | None = None, given: jax.Array | 
   """
   dates = jnp.asarray(dates, jnp.float32)
   shape = dates.shape[:3]
-  valid = jnp.ones(shape, bool) if valid is None else jnp.asarray(valid, bool)
+  # Computed from the data, not a constant: XLA would spend seconds folding the tests of a
+  # constant mask at compile time.
+  valid = (jnp.all(jnp.isfinite(dates), axis=-1) if valid is None
+           else jnp.asarray(valid, bool))
   given = jnp.zeros(shape, bool) if given is None else jnp.asarray(given, bool) & valid
   single = bright_white(dates, settings.brightness) & valid
   smoothed = _smooth(dates, settings)
