@@ -8,8 +8,9 @@ and their soft margins. The layers here come from every real cloudy date there i
 `../shared/data`: the two SEN12MS-CR pairs (one about half under cumulus and haze, one under
 thin cloud and its shadow everywhere) and the three clouded MultiEarth dates, each against a
 clear date near it; unions and thinned copies of them fill in the range of cover fractions
-(`layers`). A layer brightens additively and darkens as a ratio (`apply_layer`), so that a
-shadow keeps the texture of the ground it falls on. Laid over the latest date of a clear
+(`layers`). Where a layer brightens, it hides the ground by its opacity and adds its own light;
+where it darkens, it keeps a share of the ground's light, so that a shadow keeps the texture of
+the ground it falls on (`real_layer`). Laid over the latest date of a clear
 `plfm_sample` series (its three earlier dates as the history, all clear, or the latest of them
 clouded by another layer), it gives a scored case whose truth is the clear date.
 
@@ -44,6 +45,9 @@ from plfm_jax.data.normalize import s2_reflectance  # noqa: E402
 from plfm_jax.evaluation import metrics  # noqa: E402
 from plfm_jax.masks import detect  # noqa: E402
 from plfm_jax.models import gapfill  # noqa: E402
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import multiearth_example  # noqa: E402  (a sibling script)
 
 FLAGS = flags.FLAGS
 # A pixel's layer counts as a change where its 5 x 5 mean moves R, G, B by more than this
@@ -101,10 +105,9 @@ def layers(data_root: pathlib.Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     read = lambda kind: s2_reflectance(tifffile.imread(
         data_root / "sen12mscr_pairs" / kind / f"{name}.tif")[..., SEN12_RGB])
     found[name.split("_")[1]] = real_layer(read("s2_cloudy"), read("s2_cloudfree"))
-  me = data_root / "multiearth_sample" / "sent2"
   for cloudy, clear in MULTIEARTH:
-    read = lambda date: s2_reflectance(np.stack([tifffile.imread(
-        me / f"Sentinel2_{band}_-55.20_-4.39_{date}.tiff") for band in ("B4", "B3", "B2")], -1))
+    read = lambda date: s2_reflectance(multiearth_example.rgb(data_root / "multiearth_sample",
+                                                              date))
     found[f"multiearth_{cloudy[5:]}"] = real_layer(read(cloudy), read(clear))
   for name in ("fall", "multiearth_06_06"):
     # The layer less the haze it has everywhere (the median of what it adds): its clouds alone.

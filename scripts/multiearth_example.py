@@ -39,12 +39,17 @@ CLEAR_DATES = ("2019_07_01", "2019_07_26", "2020_07_20")
 BRIGHT = 0.15
 
 
+def rgb(sample_root: pathlib.Path, date: str) -> np.ndarray:
+  """A date's B4, B3, B2 as (H, W, 3) uint16 R, G, B (reflectance x 10000)."""
+  return np.stack([tifffile.imread(sample_root / "sent2"
+                                   / f"Sentinel2_{band}_-55.20_-4.39_{date}.tiff")
+                   for band in ("B4", "B3", "B2")], axis=-1)
+
+
 def stack(sample_root: pathlib.Path, folder: pathlib.Path, date: str) -> pathlib.Path:
   """A date's B4, B3, B2 as one R, G, B GeoTIFF in `folder`."""
-  bands = [tifffile.imread(sample_root / "sent2" / f"Sentinel2_{band}_-55.20_-4.39_{date}.tiff")
-           for band in ("B4", "B3", "B2")]
   path = folder / f"{date}.tif"
-  tifffile.imwrite(path, np.stack(bands, axis=-1), photometric="rgb")
+  tifffile.imwrite(path, rgb(sample_root, date), photometric="rgb")
   return path
 
 

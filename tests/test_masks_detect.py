@@ -148,13 +148,13 @@ def test_haze_over_most_of_an_earlier_date_is_found_there_and_nowhere_else(dates
 def _layer(seed: int, cover: float) -> tuple[np.ndarray, np.ndarray]:
   """(opacity (SIZE, SIZE) in [0, 1], the pixels it covers): a smooth random field cut at its
   `cover` quantile, soft towards its edges (haze margins) and opaque at its cores."""
+  if cover >= 1:  # Haze of even opacity over all of it.
+    return np.full((SIZE, SIZE), 0.3), np.ones((SIZE, SIZE), bool)
   rng = np.random.default_rng(seed)
   field = rng.normal(size=(SIZE // 8, SIZE // 8))
   field = np.kron(field, np.ones((8, 8)))
   for _ in range(3):  # Box blur: blobs with fading edges.
     field = sum(np.roll(field, (dy, dx), (0, 1)) for dy in range(-3, 4) for dx in range(-3, 4))
-  if cover >= 1:  # Haze of even opacity over all of it.
-    return np.full((SIZE, SIZE), 0.3), np.ones((SIZE, SIZE), bool)
   level = np.quantile(field, 1 - cover)
   opacity = np.clip((field - level) / (field.max() - level) * 1.5, 0, 1)
   return opacity, field > level
@@ -185,7 +185,7 @@ def test_a_cloud_deck_over_most_of_an_earlier_date_is_never_taken_for_ground():
   """An earlier date 90% under cloud and haze is masked (and so filled or passed over), and the
   clear dates beside it are not flagged where its clouds are."""
   series = _steady_series(12)
-  opacity, covered = _layer(3, 0.9)
+  opacity, _ = _layer(3, 0.9)
   dates = series.copy()
   dates[1] = (1 - opacity[..., None]) * series[1] + opacity[..., None] * 0.3
   found = np.asarray(detect.detect(dates).mask)

@@ -21,21 +21,22 @@ is shadow (the multi-temporal tests of MAJA and Tmask). For every date:
    as red and green: clouds and haze scatter all visible light, more in blue; a harvest or a
    new clearing brightens red first) and brighter than the other dates as they are: cloud or
    haze, as is whatever the clear-sky test flagged. Darker by `shadow_sigma`, keeping at most
-   `max_shadow_ratio` of the reference's light, darker than the other dates as they are (or
-   flagged by the clear-sky test), and within `shadow_distance` of a cloud of the date (or on
-   a date darker than every other over `broad_shadow` of it, as under thin cloud): shadow;
+   `max_shadow_ratio` of the reference's light, darker than the other dates as they are, and
+   within `shadow_distance` of a cloud of the date: shadow; so is what the clear-sky test
+   found darker on a date darker than every other over `broad_shadow` of it (as under thin
+   cloud);
 4. detections grow into their neighbours that pass the tests at `grow_sigma` (the fading
    margins of haze and shadows), specks smaller than 3 x 3 px are dropped, and a buffer of
    `buffer` px is added. A date so found over `overcast` of its pixels is masked whole.
 
-The first pass finds clouds only, with every date lending to the reference but where the clear-sky
-tests flagged it; the later ones find
-clouds and shadows with references that leave out what the previous pass found (a cloud on one
-date makes the others look dark beside it, a shadow makes them look bright), the first pass's
-reference standing where that leaves no date, and their seeds must pass the first pass's margin
-test too. Where the first pass finds nothing, the later ones would find nothing either and are
-skipped. Where no other date is clear, the single-date tests of Fmask on R, G, B decide
-(`bright_white`). Any mask the user gives is added to the result, never taken from it.
+The first pass finds clouds only, with every date lending to the reference but where the
+clear-sky tests flagged it; the later ones find clouds and shadows with references that leave
+out what the previous pass found (a cloud on one date makes the others look dark beside it, a
+shadow makes them look bright), the first pass's reference standing where that leaves no date,
+and their seeds must pass the first pass's margin test too. Where the first pass finds nothing
+and no test flagged anything, the later ones would find nothing either and are skipped. Where
+no other date is clear, the single-date tests of Fmask on R, G, B decide (`bright_white`). Any
+mask the user gives is added to the result, never taken from it.
 
 Everything is JAX (jit with the settings static); four dates of 480 x 480 px with clouds took
 0.55 s before the clear-sky tests and take 0.8 s with them (two AVX2 CPU cores, both measured in
@@ -78,10 +79,11 @@ class DetectionSettings:
       up to about 3 km high, the sun down to 35 degrees: 4 km at 10 m): darker ground on a
       date without clouds near it is a change of the ground (a ploughed field, high water).
     clear_sky_margin: the clear-sky tests (`clear_sky_tests`): mean R, G, B reflectance above
-      every other date clear there by this much, with a flat or bluish change, is cloud or haze
-      whatever the date's own statistics say.
+      every other date clear there by this much, with a flat or bluish change (or bright and
+      white), is cloud or haze whatever the date's own statistics say.
     clear_sky_shadow: the clear-sky tests: red and green below this share of every other date
-      clear there is shadow (near a cloud of the date, or over `broad_shadow` of it).
+      clear there is darker than any clear sky; shadow on a date so darkened over
+      `broad_shadow` of it, and kept out of the matching on any date.
     broad_shadow: share of a date's pixels darker than every other date (`clear_sky_shadow`) at
       which the darkening is taken for a shadow with no cloud near it (thin cloud over all of
       a date shades it; a change of the ground darkens fields, not the whole date).
@@ -222,8 +224,9 @@ def clear_sky_tests(smoothed: jax.Array, lent: jax.Array, white: jax.Array,
   its light. These tests lean on the other dates alone (the clear-sky range of the place): mean
   R, G, B reflectance above every other date by `clear_sky_margin` with a flat or bluish change
   (or bright and white, `white`: over ground bluer than itself a thick cloud's change is not
-  bluish) is cloud or haze; red and green below `clear_sky_shadow` of every other date (and darker by
-  shadow_sigma x min_noise) is darker than any clear sky left the place.
+  bluish) is cloud or haze; red and green below `clear_sky_shadow` of every other date, blue
+  keeping at least the share red keeps (shade is lit by the blue sky) and the mean darker by
+  shadow_sigma x min_noise, is darker than any clear sky left the place.
   """
   n = smoothed.shape[0]
   if n < 2:
@@ -248,7 +251,8 @@ def clear_sky_tests(smoothed: jax.Array, lent: jax.Array, white: jax.Array,
     ratio = smoothed[date] / jnp.maximum(low, 1e-6)
     drop = jnp.mean(low - smoothed[date], axis=-1)
     darker.append(exists & (ratio[..., 0] < settings.clear_sky_shadow)
-                  & (ratio[..., 1] < settings.clear_sky_shadow) & (ratio[..., 2] >= ratio[..., 0])
+                  & (ratio[..., 1] < settings.clear_sky_shadow)
+                  & (ratio[..., 2] >= ratio[..., 0])
                   & (drop > settings.shadow_sigma * settings.min_noise))
   return jnp.stack(clouds), jnp.stack(darker)
 
@@ -304,6 +308,12 @@ def _tests(dates: jax.Array, reference: Reference, valid: jax.Array, known: jax.
   return cloud_seed, cloud_margin, shadow_seed, shadow_margin
 
 
+def _share(mask: jax.Array, valid: jax.Array) -> jax.Array:
+  """(N, 1, 1): the share of each date's valid pixels that (N, H, W) `mask` holds."""
+  return (jnp.sum(mask & valid, axis=(1, 2))
+          / jnp.maximum(jnp.sum(valid, axis=(1, 2)), 1))[:, None, None]
+
+
 def _dilated3(mask: jax.Array) -> jax.Array:
   """(N, H, W) bool dilated by a 3 x 3 square: `_window_max(mask, 1)` as shifted slices XLA
   fuses into one pass, 3.5x faster in `_grown`'s loop. Not for `_window_max` itself: outside a
@@ -352,8 +362,7 @@ def detect(dates: jax.Array, valid: jax.Array | None = None, given: jax.Array | 
   again, sky_dark = clear_sky_tests(smoothed, ~(masked | sky_cloud | single), single, settings)
   sky_cloud |= again & valid
   sky_dark &= valid & ~sky_cloud
-  broad = (jnp.sum(sky_dark, axis=(1, 2)) > settings.broad_shadow
-           * jnp.maximum(jnp.sum(valid, axis=(1, 2)), 1))[:, None, None]
+  broad = _share(sky_dark, valid) > settings.broad_shadow
   unclear = single | sky_cloud | sky_dark
   # The first pass lends every date but what the clear-sky tests found: a median over the
   # others and robust matching outvote a cloud in one of them. Nothing a test found is fitted
@@ -391,14 +400,13 @@ def detect(dates: jax.Array, valid: jax.Array | None = None, given: jax.Array | 
     # A loop: traced once, however many passes.
     return jax.lax.fori_loop(0, settings.passes - 1, later_pass, (cloud, jnp.zeros(shape, bool)))
 
-  # Where the first pass found no cloud and no test flagged anything, the
-  # later passes would leave out nothing new, test against the first pass's reference and
-  # estimate the same noise: they find the same clouds (none), and no shadow without a cloud.
-  # Clear windows of a scene skip them.
+  # Where the first pass found no cloud and no test flagged anything, the later passes would
+  # leave out nothing new, test against the first pass's reference and estimate the same noise:
+  # they find the same clouds (none), and no shadow without a cloud. Clear windows of a scene
+  # skip them.
   anything = jnp.any(cloud) | jnp.any(unclear)
   cloud, shadow = jax.lax.cond(anything, later_passes,
                                lambda cloud: (cloud, jnp.zeros(shape, bool)), cloud)
   mask = _window_max(cloud | shadow | given, settings.buffer) & valid
-  overcast = (jnp.sum(mask, axis=(1, 2)) >= settings.overcast
-              * jnp.maximum(jnp.sum(valid, axis=(1, 2)), 1))[:, None, None]
+  overcast = _share(mask, valid) >= settings.overcast
   return Detection(cloud=cloud, shadow=shadow, mask=mask | (overcast & valid))
