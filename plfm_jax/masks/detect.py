@@ -29,11 +29,11 @@ is shadow (the multi-temporal tests of MAJA and Tmask). For every date:
    margins of haze and shadows), specks smaller than 3 x 3 px are dropped, and a buffer of
    `buffer` px is added. A date so found over `overcast` of its pixels is masked whole.
 
-The first pass finds clouds only, with every date lending to the reference but where the
-clear-sky tests flagged it; the later ones find clouds and shadows with references that leave
-out what the previous pass found (a cloud on one date makes the others look dark beside it, a
-shadow makes them look bright), the first pass's reference standing where that leaves no date,
-and their seeds must pass the first pass's margin test too. Where the first pass finds nothing
+The first pass finds clouds only, with every date lending to the reference; the later ones find
+clouds and shadows with references that leave out what the previous pass found (a cloud on one
+date makes the others look dark beside it, a shadow makes them look bright), the first pass's
+reference standing where that leaves no date, and their seeds must pass the first pass's margin
+test too. Where the first pass finds nothing
 and no test flagged anything, the later ones would find nothing either and are skipped. Where
 no other date is clear, the single-date tests of Fmask on R, G, B decide (`bright_white`). Any
 mask the user gives is added to the result, never taken from it.
@@ -364,11 +364,12 @@ def detect(dates: jax.Array, valid: jax.Array | None = None, given: jax.Array | 
   sky_dark &= valid & ~sky_cloud
   broad = _share(sky_dark, valid) > settings.broad_shadow
   unclear = single | sky_cloud | sky_dark
-  # The first pass lends every date but what the clear-sky tests found: a median over the
-  # others and robust matching outvote a cloud in one of them. Nothing a test found is fitted
-  # on, and a date with too little left clear is not matched at all: the matching would follow
-  # its clouds.
-  first = references(dates, masked | sky_cloud, unclear, settings.min_clear_share)
+  # The first pass lends every date, what the clear-sky tests found included: a median over
+  # the others outvotes a cloud in one of them, and taking the found pixels out would leave two
+  # dates to lend in places, whose median is their mean (a shadow lent there made clear dates
+  # look cloudy). Nothing a test found is fitted on, and a date with too little left clear is
+  # not matched at all: the matching would follow its clouds.
+  first = references(dates, masked, unclear, settings.min_clear_share)
   first_tests = _tests(smoothed, first, valid, given | unclear, settings)
   # Without a reference the single-date test decides; with one, the series does (ground that
   # is bright and white on every date is not a cloud).
